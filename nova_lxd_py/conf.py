@@ -1,0 +1,104 @@
+"""Every option of nova-lxd-py, in the ``[lxc]`` group.
+
+Options are registered on import by :func:`register_opts`, never read at
+import time; :func:`list_opts` feeds ``oslo-config-generator``.
+"""
+
+from oslo_config import cfg
+
+GROUP = cfg.OptGroup(
+    'lxc',
+    title='System containers (nova-lxd-py)',
+    help='Options for the liblxc compute driver. Set '
+         '``[DEFAULT] compute_driver = lxc_py.LXCDriver`` to use it.')
+
+OPTS = [
+    cfg.StrOpt(
+        'container_path',
+        default='$instances_path/containers',
+        help='Directory holding one folder per container: its liblxc config, '
+             'its copy-on-write root layer and its console log. This is the '
+             'liblxc "lxcpath" of every instance on this host.'),
+    cfg.StrOpt(
+        'image_cache_path',
+        default='$instances_path/_base_lxc',
+        help='Directory where Glance images are unpacked once per host into '
+             'root filesystems shared read-only by the containers built from '
+             'them. Related: ``[image_cache] manager_interval``.'),
+    cfg.StrOpt(
+        'root_disk_backend',
+        default='overlay',
+        choices=[('overlay', 'overlayfs: a writable upper layer per '
+                             'instance over the cached image (no copy)')],
+        help='How a container root filesystem is made from the cached image.'),
+    cfg.StrOpt(
+        'idmap_user',
+        default='root',
+        help='User whose subordinate id ranges (/etc/subuid, /etc/subgid) map '
+             'the ids of unprivileged containers. The user nova-compute runs '
+             'as needs no range of its own.'),
+    cfg.IntOpt(
+        'idmap_size',
+        default=65536, min=65536,
+        help='Number of user and group ids mapped into each unprivileged '
+             'container, starting at the first id of ``idmap_user``\'s range. '
+             'The range must be at least this large.'),
+    cfg.BoolOpt(
+        'allow_privileged',
+        default=False,
+        help='Allow flavors with ``lxc:privileged=true`` to run containers '
+             'without a user namespace (container root is host root). Off by '
+             'default: such containers can escape far more easily.'),
+    cfg.BoolOpt(
+        'allow_nesting',
+        default=False,
+        help='Allow flavors with ``lxc:nesting=true`` to run containers that '
+             'may start containers themselves (cgroup and proc mounted '
+             'read-write).'),
+    cfg.IntOpt(
+        'pids_max',
+        default=4096, min=0,
+        help='Maximum number of processes and threads in one container '
+             '(pids cgroup). 0 means unlimited. A flavor can set its own with '
+             'the ``lxc:pids_max`` extra spec.'),
+    cfg.StrOpt(
+        'lxcfs_path',
+        default='/var/lib/lxcfs',
+        help='Mount point of lxcfs. When lxcfs runs, /proc/meminfo, '
+             '/proc/cpuinfo, /proc/stat and /proc/uptime in the guest show '
+             'the flavor\'s size instead of the host\'s. Empty disables it.'),
+    cfg.StrOpt(
+        'seccomp_profile',
+        default='/usr/share/lxc/config/common.seccomp',
+        help='liblxc seccomp policy applied to every container (the one '
+             'shipped with the lxc package blocks kernel module loading, '
+             'kexec and similar). Empty disables seccomp filtering.'),
+    cfg.IntOpt(
+        'console_log_size_kb',
+        default=1024, min=64,
+        help='Size in KiB at which a container console log is rotated (one '
+             'rotated file is kept). The console-output API returns at most '
+             'the last 100 KiB.'),
+    cfg.IntOpt(
+        'start_timeout',
+        default=30, min=1,
+        help='Seconds to wait for a container to reach RUNNING after start.'),
+    cfg.IntOpt(
+        'soft_reboot_timeout',
+        default=60, min=1,
+        help='Seconds to wait for the guest init to restart after a soft '
+             'reboot request before falling back to a hard reboot.'),
+]
+
+
+def register_opts(conf=cfg.CONF):
+    conf.register_group(GROUP)
+    conf.register_opts(OPTS, group=GROUP)
+
+
+def list_opts():
+    return {GROUP: OPTS}
+
+
+register_opts()
+CONF = cfg.CONF

@@ -1,0 +1,39 @@
+"""Errors raised by nova-lxd-py.
+
+Each subclasses the Nova exception that makes the compute manager do the
+right thing: build errors caused by the request (flavor, image) abort the
+build with the message as the instance fault instead of rescheduling.
+"""
+
+from nova import exception
+from nova.i18n import _
+
+
+class ContainerError(exception.NovaException):
+    msg_fmt = _('Container %(name)s: %(reason)s')
+
+
+class ContainerStartFailed(ContainerError):
+    msg_fmt = _('Container %(name)s failed to start: %(reason)s')
+
+
+class PrivilegedNotAllowed(exception.InvalidInput):
+    msg_fmt = _('Flavor extra spec %(spec)s asks for a %(what)s container, '
+                'which this compute host does not allow (set [lxc] '
+                '%(option)s = true in nova.conf to allow it).')
+
+
+class NoSubordinateIds(exception.InvalidInput):
+    msg_fmt = _('This compute host cannot run unprivileged containers: user '
+                '%(user)s has no subordinate %(kind)s range of at least '
+                '%(size)d ids in %(path)s. Add one, e.g. '
+                '"%(user)s:100000:%(size)d".')
+
+
+class HostCannotRunContainers(exception.NovaException):
+    msg_fmt = _('This host cannot run containers: %(reason)s')
+
+
+class NetworkNotSupported(exception.InvalidInput):
+    msg_fmt = _('Neutron ports are not yet wired into containers by this '
+                'driver; create the server with --nic none. Ports: %(ports)s')

@@ -1,0 +1,43 @@
+"""Privileged file system work, confined to the directories we own."""
+
+import os
+import shutil
+
+from oslo_config import cfg
+
+from nova_lxd_py import privsep
+
+CONF = cfg.CONF
+
+
+def _owned(path):
+    """``path`` if it lies strictly inside a directory this driver owns."""
+    real = os.path.realpath(path)
+    for root in (CONF.lxc.container_path, CONF.lxc.image_cache_path):
+        root = os.path.realpath(root)
+        if real.startswith(root + os.sep):
+            return real
+    raise ValueError('%s is outside the directories of nova-lxd-py' % path)
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def make_dir(path: str, uid: int, gid: int, mode: int) -> None:
+    """Create one directory owned by uid:gid (the guest's root)."""
+    path = _owned(path)
+    os.makedirs(path, mode=mode, exist_ok=True)
+    os.chown(path, uid, gid)
+    os.chmod(path, mode)
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def remove_tree(path: str) -> None:
+    """Remove a container or cache directory; no error if it is gone."""
+    path = _owned(path)
+    shutil.rmtree(path, ignore_errors=True)
+    if os.path.lexists(path):
+        raise OSError('could not remove %s' % path)
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def rename(src: str, dst: str) -> None:
+    os.rename(_owned(src), _owned(dst))

@@ -1,0 +1,20 @@
+"""Root-disk backends, chosen by ``[lxc] root_disk_backend``.
+
+A backend turns a cached image root file system into the root of one
+container. Its interface:
+
+``create(container_dir, image_rootfs, uid, gid) -> str``
+    Prepare the container's root and return the ``lxc.rootfs.path`` value.
+    ``uid``/``gid`` are the host ids of the guest's root.
+``destroy(container_dir)``
+    Release anything ``create`` made outside ``container_dir`` (the
+    directory itself is removed by the caller).
+"""
+
+from nova_lxd_py.storage.backends import overlay
+
+BACKENDS = {overlay.OverlayBackend.name: overlay.OverlayBackend}
+
+
+def get(name):
+    return BACKENDS[name]()

@@ -1,0 +1,124 @@
+"""Build small guest root file systems locally, from Debian's busybox-static.
+
+Used by the tests, the benchmarks and the single-host demo: nothing is
+downloaded. ``python -m nova_lxd_py.tests.guest_image OUT.tar.gz`` writes a
+bootable rootfs tarball.
+"""
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+
+BUSYBOX = shutil.which('busybox') or '/bin/busybox'
+
+INITTAB = """\
+::sysinit:/etc/init.d/rcS
+::respawn:/bin/sh -c 'while :; do sleep 3600; done'
+::shutdown:/bin/echo "guest init: shutting down"
+"""
+
+RCS = """\
+#!/bin/sh
+mount -t tmpfs tmpfs /tmp 2>/dev/null
+mount -t tmpfs tmpfs /run 2>/dev/null
+hostname -F /etc/hostname 2>/dev/null
+echo "guest init: booted $(hostname)"
+"""
+
+
+def applets():
+    out = subprocess.run([BUSYBOX, '--list'], check=True,
+                         capture_output=True, text=True).stdout
+    return [a for a in out.split() if a and a != 'busybox']
+
+
+# procps' free reads /proc/meminfo (which lxcfs virtualises); busybox's
+# asks the kernel with sysinfo(2), which shows the host.
+HOST_PROGRAMS = ('/usr/bin/free',)
+
+
+def _with_libraries(program):
+    """``program`` and the shared objects it loads, as host paths."""
+    out = subprocess.run(['ldd', program], capture_output=True, text=True,
+                         check=True).stdout
+    paths = [program]
+    for line in out.splitlines():
+        words = line.split()
+        if '=>' in words and len(words) > 2 and words[2].startswith('/'):
+            paths.append(words[2])
+        elif words and words[0].startswith('/'):
+            paths.append(words[0])
+    return paths
+
+
+def busybox_members(marker=None, with_init=True):
+    """(TarInfo, bytes or None) pairs for a minimal bootable busybox rootfs."""
+    members = []
+
+    def add(name, kind=tarfile.DIRTYPE, data=None, mode=0o755, link=''):
+        info = tarfile.TarInfo(name)
+        info.type, info.mode, info.linkname = kind, mode, link
+        info.mtime = 1700000000
+        if data is not None:
+            info.size = len(data)
+        members.append((info, data))
+
+    for d in ('bin', 'sbin', 'etc', 'etc/init.d', 'proc', 'sys', 'dev',
+              'tmp', 'root', 'run', 'var', 'var/log', 'usr', 'usr/bin'):
+        add(d, mode=0o1777 if d == 'tmp' else 0o755)
+    with open(BUSYBOX, 'rb') as f:
+        add('bin/busybox', tarfile.REGTYPE, f.read())
+    programs = [p for p in HOST_PROGRAMS if os.path.exists(p)]
+    dirs = set()
+    for path in sorted({f for p in programs for f in _with_libraries(p)}):
+        parent = os.path.dirname(path).lstrip('/')
+        for i in range(1, parent.count('/') + 2):
+            sub = '/'.join(parent.split('/')[:i])
+            if sub not in dirs and sub not in ('bin', 'sbin', 'usr',
+                                                'usr/bin', 'etc'):
+                dirs.add(sub)
+                add(sub)
+        with open(path, 'rb') as f:
+            add(path.lstrip('/'), tarfile.REGTYPE, f.read())
+    skip = {'init'} | {os.path.basename(p) for p in programs}
+    for applet in applets():
+        if applet not in skip:
+            add('bin/' + applet, tarfile.SYMTYPE, link='busybox',
+                mode=0o777)
+    if with_init:
+        add('sbin/init', tarfile.SYMTYPE, link='/bin/busybox', mode=0o777)
+    add('etc/inittab', tarfile.REGTYPE, INITTAB.encode(), 0o644)
+    add('etc/init.d/rcS', tarfile.REGTYPE, RCS.encode(), 0o755)
+    add('etc/passwd', tarfile.REGTYPE, b'root:x:0:0:root:/root:/bin/sh\n',
+        0o644)
+    add('etc/group', tarfile.REGTYPE, b'root:x:0:\n', 0o644)
+    if marker:
+        add('etc/image-marker', tarfile.REGTYPE, marker.encode(), 0o644)
+    return members
+
+
+def write_tarball(path, marker=None, with_init=True, compression='gz'):
+    mode = 'w:' + compression if compression else 'w'
+    with tarfile.open(path, mode) as tar:
+        for info, data in busybox_members(marker, with_init):
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def write_tree(path, marker=None):
+    """The same rootfs as a plain directory (for raw lxc-start baselines)."""
+    os.makedirs(path, exist_ok=True)
+    tmp = path.rstrip('/') + '.tar'
+    write_tarball(tmp, marker, compression='')
+    with tarfile.open(tmp) as tar:
+        tar.extractall(path, numeric_owner=True, filter='fully_trusted')
+    os.unlink(tmp)
+    return path
+
+
+if __name__ == '__main__':
+    write_tarball(sys.argv[1], marker=sys.argv[2] if len(sys.argv) > 2
+                  else None)

@@ -1,0 +1,188 @@
+"""Pure translation: flavor, image facts and host facts -> liblxc config.
+
+Nothing here touches the host; every function is data in, data out, so it
+is tested with tables.
+"""
+
+import dataclasses
+import re
+import zlib
+
+from oslo_utils import strutils
+
+from nova_lxd_py import exception
+
+SPEC_PRIVILEGED = 'lxc:privileged'
+SPEC_NESTING = 'lxc:nesting'
+SPEC_PIDS_MAX = 'lxc:pids_max'
+
+# Host devices a privileged container may use (the rest are denied); an
+# unprivileged container cannot create device nodes at all.
+_PRIVILEGED_DEVICES = ('c *:* m', 'b *:* m', 'c 1:3 rwm', 'c 1:5 rwm',
+                       'c 1:7 rwm', 'c 1:8 rwm', 'c 1:9 rwm', 'c 5:0 rwm',
+                       'c 5:1 rwm', 'c 5:2 rwm', 'c 136:* rwm', 'c 10:229 rwm')
+_PRIVILEGED_CAP_DROP = 'mac_admin mac_override sys_time sys_module sys_rawio'
+
+# Files lxcfs virtualises; bound over the guest's own only when present.
+_LXCFS_FILES = ('proc/meminfo', 'proc/cpuinfo', 'proc/stat', 'proc/uptime',
+                'proc/loadavg', 'proc/swaps', 'proc/diskstats',
+                'sys/devices/system/cpu')
+
+# (halt signal, reboot signal) that make each kind of init shut down or
+# restart cleanly; liblxc's own defaults are SIGPWR and SIGINT.
+INIT_SIGNALS = {
+    'busybox': ('SIGUSR2', 'SIGTERM'),
+    'systemd': ('SIGRTMIN+4', 'SIGINT'),
+    'sysv': ('SIGPWR', 'SIGINT'),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class IdMap:
+    """Host ids that container ids 0..size-1 map to."""
+    uid_start: int
+    gid_start: int
+    size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Security:
+    privileged: bool = False
+    nesting: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    memory_bytes: int
+    cpu_period_us: int
+    cpu_quota_us: int       # -1: no quota
+    cpu_shares: int
+    cpuset: str             # '' means every host CPU
+    pids_max: int           # 0 means unlimited
+
+
+def security_from_flavor(extra_specs, allow_privileged, allow_nesting):
+    """Return the flavor's Security, refusing what the operator forbids."""
+    privileged = strutils.bool_from_string(
+        extra_specs.get(SPEC_PRIVILEGED, 'false'), strict=True)
+    nesting = strutils.bool_from_string(
+        extra_specs.get(SPEC_NESTING, 'false'), strict=True)
+    if privileged and not allow_privileged:
+        raise exception.PrivilegedNotAllowed(
+            spec=SPEC_PRIVILEGED, what='privileged',
+            option='allow_privileged')
+    if nesting and not allow_nesting:
+        raise exception.PrivilegedNotAllowed(
+            spec=SPEC_NESTING, what='nesting', option='allow_nesting')
+    return Security(privileged=privileged, nesting=nesting)
+
+
+def pick_cpuset(vcpus, host_cpus, seed):
+    """Choose ``vcpus`` of the host CPUs, spreading guests by ``seed``.
+
+    Restricting affinity is what makes ``nproc`` in the guest show the
+    flavor's vCPUs; the start CPU is derived from the instance so that
+    one-vCPU guests do not all land on CPU 0.
+    """
+    if vcpus >= len(host_cpus):
+        return ''
+    start = zlib.crc32(seed.encode()) % len(host_cpus)
+    chosen = sorted(host_cpus[(start + i) % len(host_cpus)]
+                    for i in range(vcpus))
+    return ','.join(str(c) for c in chosen)
+
+
+def limits_from_flavor(flavor, host_cpus, default_pids_max, seed):
+    """Cgroup limits for a flavor; ``quota:cpu_*`` extra specs override."""
+    specs = flavor.extra_specs or {}
+    period = int(specs.get('quota:cpu_period', 100000))
+    quota = int(specs.get('quota:cpu_quota', flavor.vcpus * period))
+    shares = int(specs.get('quota:cpu_shares', 1024 * flavor.vcpus))
+    pids = int(specs.get(SPEC_PIDS_MAX, default_pids_max))
+    return Limits(memory_bytes=flavor.memory_mb * 1024 * 1024,
+                  cpu_period_us=period,
+                  cpu_quota_us=quota if quota > 0 else -1,
+                  cpu_shares=shares,
+                  cpuset=pick_cpuset(flavor.vcpus, host_cpus, seed),
+                  pids_max=pids)
+
+
+def _shares_to_weight(shares):
+    # cgroup v1 cpu.shares [2, 262144] onto v2 cpu.weight [1, 10000].
+    shares = min(max(shares, 2), 262144)
+    return 1 + (shares - 2) * 9999 // 262142
+
+
+def cgroup_lines(limits, cgroup_version):
+    """liblxc cgroup keys for the given hierarchy (1: legacy, 2: unified)."""
+    if cgroup_version == 2:
+        quota = 'max' if limits.cpu_quota_us < 0 else limits.cpu_quota_us
+        lines = [('lxc.cgroup2.memory.max', limits.memory_bytes),
+                 ('lxc.cgroup2.cpu.max', '%s %d' % (quota,
+                                                    limits.cpu_period_us)),
+                 ('lxc.cgroup2.cpu.weight',
+                  _shares_to_weight(limits.cpu_shares))]
+        prefix = 'lxc.cgroup2.'
+    else:
+        lines = [('lxc.cgroup.memory.limit_in_bytes', limits.memory_bytes),
+                 ('lxc.cgroup.cpu.cfs_period_us', limits.cpu_period_us),
+                 ('lxc.cgroup.cpu.cfs_quota_us', limits.cpu_quota_us),
+                 ('lxc.cgroup.cpu.shares', limits.cpu_shares)]
+        prefix = 'lxc.cgroup.'
+    if limits.cpuset:
+        lines.append((prefix + 'cpuset.cpus', limits.cpuset))
+    if limits.pids_max:
+        lines.append((prefix + 'pids.max', limits.pids_max))
+    return lines
+
+
+_HOSTNAME_BAD = re.compile(r'[^a-z0-9-]+')
+
+
+def guest_hostname(instance_hostname, fallback):
+    """A valid single-label host name for the guest's UTS namespace."""
+    name = _HOSTNAME_BAD.sub('-', (instance_hostname or '').lower())
+    name = name.strip('-')[:63].strip('-')
+    return name or fallback
+
+
+def build(*, hostname, rootfs, idmap, security, limits, cgroup_version,
+          init_kind, console_log, console_size_kb, lxc_log, lxcfs_path='',
+          seccomp_profile=''):
+    """Return the full text of a container's liblxc config file."""
+    halt, reboot = INIT_SIGNALS.get(init_kind, INIT_SIGNALS['sysv'])
+    items = [
+        ('lxc.uts.name', hostname),
+        ('lxc.rootfs.path', rootfs),
+        ('lxc.autodev', 1),
+        ('lxc.pty.max', 64),
+        ('lxc.tty.max', 0),
+        ('lxc.signal.halt', halt),
+        ('lxc.signal.reboot', reboot),
+        ('lxc.console.logfile', console_log),
+        ('lxc.console.size', console_size_kb * 1024),
+        ('lxc.console.rotate', 1),
+        ('lxc.log.file', lxc_log),
+        ('lxc.log.level', 'WARN'),
+        ('lxc.net.0.type', 'empty'),
+    ]
+    if security.nesting:
+        items.append(('lxc.mount.auto', 'cgroup:rw:force proc:rw sys:rw'))
+    else:
+        items.append(('lxc.mount.auto', 'cgroup:mixed proc:mixed sys:mixed'))
+    if idmap is not None and not security.privileged:
+        items += [('lxc.idmap', 'u 0 %d %d' % (idmap.uid_start, idmap.size)),
+                  ('lxc.idmap', 'g 0 %d %d' % (idmap.gid_start, idmap.size))]
+    else:
+        items.append(('lxc.cap.drop', _PRIVILEGED_CAP_DROP))
+        key = 'lxc.cgroup2.devices' if cgroup_version == 2 else \
+            'lxc.cgroup.devices'
+        items.append((key + '.deny', 'a'))
+        items += [(key + '.allow', rule) for rule in _PRIVILEGED_DEVICES]
+    if seccomp_profile:
+        items.append(('lxc.seccomp.profile', seccomp_profile))
+    if lxcfs_path:
+        items += [('lxc.mount.entry', '%s/%s %s none bind,optional 0 0'
+                   % (lxcfs_path, f, f)) for f in _LXCFS_FILES]
+    items += cgroup_lines(limits, cgroup_version)
+    return ''.join('%s = %s\n' % (k, v) for k, v in items)

@@ -1,0 +1,263 @@
+"""liblxc, and only here: define, start, stop, freeze and inspect containers.
+
+Every function that touches a container runs in the privsep daemon. A
+container is named after its instance's UUID and lives in
+``[lxc] container_path``; entrypoints refuse any other name.
+
+liblxc's ``start()`` moves its caller into the container's monitor cgroup,
+so it always runs in a short-lived forked child, never in a long-lived
+process. Freezing writes the freezer cgroup directly: liblxc's own freeze
+polls with one-second sleeps on cgroup v1.
+"""
+
+import os
+import re
+import select
+import signal
+import time
+
+import lxc
+from oslo_config import cfg
+from oslo_utils import uuidutils
+
+from nova_lxd_py import privsep
+from nova_lxd_py.virt.host import CGROUP_ROOT
+
+CONF = cfg.CONF
+
+CONFIG_FILE = 'config'
+CONSOLE_LOG = 'console.log'
+LXC_LOG = 'lxc.log'
+
+
+def container_dir(name):
+    return os.path.join(CONF.lxc.container_path, _checked(name))
+
+
+def _checked(name):
+    if not uuidutils.is_uuid_like(name) or '/' in name:
+        raise ValueError('not a container name: %r' % name)
+    return name
+
+
+def _container(name):
+    return lxc.Container(_checked(name), CONF.lxc.container_path)
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def define(name: str, config_text: str) -> None:
+    """Create or replace the container's config file."""
+    path = container_dir(name)
+    os.makedirs(CONF.lxc.container_path, mode=0o711, exist_ok=True)
+    os.makedirs(path, mode=0o711, exist_ok=True)
+    tmp = os.path.join(path, CONFIG_FILE + '.tmp')
+    with open(tmp, 'w') as f:
+        f.write(config_text)
+    os.rename(tmp, os.path.join(path, CONFIG_FILE))
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def start(name: str) -> tuple:
+    """Start the container; return (started, tail of its liblxc log)."""
+    _checked(name)
+    pid = os.fork()
+    if pid == 0:
+        ok = False
+        try:
+            ok = _container(name).start(close_fds=True)
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    if status == 0:
+        return True, ''
+    return False, _tail(os.path.join(container_dir(name), LXC_LOG), 2048)
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def state(name: str) -> tuple:
+    """(liblxc state, init pid); ('UNDEFINED', -1) for no such container."""
+    c = _container(name)
+    if not c.defined:
+        return 'UNDEFINED', -1
+    return c.state, c.init_pid
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def list_names() -> list:
+    return list(lxc.list_containers(active=True, defined=True,
+                                    config_path=CONF.lxc.container_path))
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def stop(name: str) -> bool:
+    """Kill the container at once; True if it is stopped afterwards."""
+    c = _container(name)
+    if c.running:
+        if _freezer_state(c.init_pid) is not None:
+            # A frozen init cannot die: thaw first.
+            _set_frozen(c.init_pid, False)
+        c.stop()
+    return not c.running
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def request_shutdown(name: str) -> bool:
+    """Send the guest init its halt signal; do not wait."""
+    c = _container(name)
+    return c.running and c.shutdown(0)
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def request_reboot(name: str) -> bool:
+    """Send the guest init its reboot signal; do not wait."""
+    c = _container(name)
+    return c.running and c.reboot()
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def set_frozen(name: str, frozen: bool) -> None:
+    _set_frozen(_container(name).init_pid, frozen)
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def read_console_log(name: str, max_bytes: int) -> bytes:
+    """The last ``max_bytes`` of the console, across one rotation."""
+    log = os.path.join(container_dir(name), CONSOLE_LOG)
+    data = _tail(log + '.1', max_bytes, binary=True)
+    data += _tail(log, max_bytes, binary=True)
+    return data[-max_bytes:]
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def run_in_guest(name: str, argv: list, timeout: int) -> tuple:
+    """Run ``argv`` inside the running guest; return (exit code, output)."""
+    c = _container(name)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        code = 255
+        try:
+            code = c.attach_wait(lxc.attach_run_command, argv,
+                                 stdout=write_fd, stderr=write_fd)
+        finally:
+            os._exit(code & 0xff if code >= 0 else 255)
+    os.close(write_fd)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([read_fd], [], [], left)[0]:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return 124, b''.join(chunks).decode(errors='replace')
+            chunk = os.read(read_fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_fd)
+    _, status = os.waitpid(pid, 0)
+    return (os.waitstatus_to_exitcode(status),
+            b''.join(chunks).decode(errors='replace'))
+
+
+def _tail(path, max_bytes, binary=False):
+    try:
+        with open(path, 'rb') as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - max_bytes))
+            data = f.read()
+    except FileNotFoundError:
+        data = b''
+    return data if binary else data.decode(errors='replace')
+
+
+def _payload_cgroups(pid):
+    """{controller: path} of the container's payload cgroup."""
+    result = {}
+    with open('/proc/%d/cgroup' % pid) as f:
+        for line in f:
+            _, controllers, path = line.rstrip('\n').split(':', 2)
+            # Cut below the payload cgroup: init may sit in a child of it.
+            path = re.sub(r'(/lxc\.payload\.[^/]+).*', r'\1', path)
+            for ctrl in (controllers or 'unified').split(','):
+                result[ctrl] = path
+    return result
+
+
+def _freezer_state(pid):
+    if pid <= 0:
+        return None
+    groups = _payload_cgroups(pid)
+    if 'freezer' in groups:
+        path = os.path.join(CGROUP_ROOT, 'freezer',
+                            groups['freezer'].lstrip('/'), 'freezer.state')
+        with open(path) as f:
+            return f.read().strip() != 'THAWED'
+    path = _unified_dir(groups)
+    with open(os.path.join(path, 'cgroup.freeze')) as f:
+        return f.read().strip() == '1'
+
+
+def _unified_dir(groups):
+    base = CGROUP_ROOT
+    if not os.path.exists(os.path.join(base, 'cgroup.controllers')):
+        base = os.path.join(CGROUP_ROOT, 'unified')
+    return os.path.join(base, groups['unified'].lstrip('/'))
+
+
+def _set_frozen(pid, frozen, timeout=10.0):
+    if pid <= 0:
+        raise ValueError('container is not running')
+    groups = _payload_cgroups(pid)
+    if 'freezer' in groups:
+        path = os.path.join(CGROUP_ROOT, 'freezer',
+                            groups['freezer'].lstrip('/'), 'freezer.state')
+        want = 'FROZEN' if frozen else 'THAWED'
+        check = (path, want)
+        with open(path, 'w') as f:
+            f.write(want)
+    else:
+        path = _unified_dir(groups)
+        with open(os.path.join(path, 'cgroup.freeze'), 'w') as f:
+            f.write('1' if frozen else '0')
+        check = (os.path.join(path, 'cgroup.events'),
+                 'frozen %d' % int(frozen))
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(check[0]) as f:
+            if check[1] in f.read():
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError('cgroup did not reach %s' % check[1])
+        time.sleep(0.002)
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def mark(name: str, marker: str, present: bool) -> None:
+    """Create or remove a flag file (e.g. 'suspended') in the container dir."""
+    if marker not in ('suspended',):
+        raise ValueError('unknown marker %r' % marker)
+    path = os.path.join(container_dir(name), marker)
+    if present:
+        with open(path, 'w'):
+            pass
+    elif os.path.exists(path):
+        os.unlink(path)
+
+
+def is_marked(name, marker):
+    return os.path.exists(os.path.join(container_dir(name), marker))
+
+
+def lxc_version():
+    return lxc.version
+
+
+def lxc_version_int():
+    """liblxc's version as Nova's integer form: 5.0.2 -> 5000002."""
+    parts = [int(p) for p in re.findall(r'\d+', lxc.version)[:3]]
+    parts += [0] * (3 - len(parts))
+    return parts[0] * 1000000 + parts[1] * 1000 + parts[2]

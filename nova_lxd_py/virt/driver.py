@@ -1,0 +1,320 @@
+"""The Nova compute driver: every instance is a liblxc system container.
+
+Methods stay short and delegate: liblxc to ``container``, the config text to
+``config``, host facts to ``host``, root file systems to ``storage``.
+Containers are named after their instance's UUID.
+"""
+
+import os
+import time
+
+from nova.compute import power_state
+from nova import exception as nova_exception
+from nova.objects import fields
+from nova.virt import driver
+from nova.virt import hardware
+from nova.virt import node
+from oslo_log import log as logging
+from oslo_serialization import jsonutils
+from oslo_utils import excutils
+import os_resource_classes as orc
+
+from nova_lxd_py import conf
+from nova_lxd_py import exception
+from nova_lxd_py.privsep import fs
+from nova_lxd_py.storage import backends
+from nova_lxd_py.storage import images
+from nova_lxd_py.virt import config
+from nova_lxd_py.virt import container
+from nova_lxd_py.virt import host
+
+CONF = conf.CONF
+LOG = logging.getLogger(__name__)
+
+CONTAINER_HOST_TRAIT = 'CUSTOM_SYSTEM_CONTAINER_HOST'
+MAX_CONSOLE_BYTES = 100 * 1024
+SUSPENDED_MARKER = 'suspended'
+
+# liblxc state -> Nova power state; FROZEN depends on pause vs suspend.
+POWER_STATES = {
+    'STARTING': power_state.RUNNING,
+    'RUNNING': power_state.RUNNING,
+    'THAWED': power_state.RUNNING,
+    'STOPPING': power_state.SHUTDOWN,
+    'STOPPED': power_state.SHUTDOWN,
+    'ABORTING': power_state.CRASHED,
+    'FREEZING': power_state.PAUSED,
+    'FROZEN': power_state.PAUSED,
+}
+
+
+def power_state_for(lxc_state, suspended):
+    state = POWER_STATES.get(lxc_state, power_state.NOSTATE)
+    if state == power_state.PAUSED and suspended:
+        return power_state.SUSPENDED
+    return state
+
+
+class LXCDriver(driver.ComputeDriver):
+    capabilities = dict(
+        driver.ComputeDriver.capabilities,
+        # Rootfs tarballs are uploaded to Glance as disk_format=raw.
+        supports_image_type_raw=True,
+    )
+
+    def __init__(self, virtapi):
+        super().__init__(virtapi)
+        self._nodename = CONF.host
+        self._images = images.ImageCache(CONF.lxc.image_cache_path)
+        self._backend = backends.get(CONF.lxc.root_disk_backend)
+        self._cgroup_version = None
+
+    # -- host --------------------------------------------------------------
+
+    def init_host(self, host_name):
+        self._nodename = host_name
+        try:
+            version = container.lxc_version()
+        except Exception as e:
+            raise exception.HostCannotRunContainers(
+                reason='liblxc does not work: %s' % e)
+        if not os.path.isdir(host.CGROUP_ROOT):
+            raise exception.HostCannotRunContainers(
+                reason='no cgroup file system at %s' % host.CGROUP_ROOT)
+        self._cgroup_version = host.cgroup_version()
+        try:
+            host.idmap()
+        except exception.NoSubordinateIds as e:
+            LOG.error('%s Only privileged containers can run here.', e)
+        if not host.lxcfs_active():
+            LOG.warning('lxcfs is not mounted at %s: guests will see the '
+                        'host\'s memory and CPUs in /proc.',
+                        CONF.lxc.lxcfs_path)
+        LOG.info('liblxc %(version)s, cgroup v%(cg)d, containers in %(path)s',
+                 {'version': version, 'cg': self._cgroup_version,
+                  'path': CONF.lxc.container_path})
+
+    def get_available_nodes(self, refresh=False):
+        return [self._nodename]
+
+    def get_available_resource(self, nodename):
+        mem_total, mem_free = host.memory_mb()
+        disk_total, disk_free = host.disk_gb(CONF.lxc.container_path)
+        cpus = host.cpus()
+        return {
+            'vcpus': len(cpus),
+            'memory_mb': mem_total,
+            'local_gb': disk_total,
+            'vcpus_used': 0,
+            'memory_mb_used': mem_total - mem_free,
+            'local_gb_used': disk_total - disk_free,
+            'hypervisor_type': fields.HVType.LXC,
+            'hypervisor_version': container.lxc_version_int(),
+            'hypervisor_hostname': nodename,
+            'cpu_info': jsonutils.dumps({'arch': host.machine(),
+                                         'topology': {'cpus': len(cpus)}}),
+            'disk_available_least': disk_free,
+            'supported_instances': self._supported_instances(),
+            'numa_topology': None,
+            'uuid': node.get_local_node_uuid(),
+        }
+
+    def _supported_instances(self):
+        arch = fields.Architecture.canonicalize(host.machine())
+        return [(arch, fields.HVType.LXC, fields.VMMode.EXE)]
+
+    def update_provider_tree(self, provider_tree, nodename, allocations=None):
+        resources = self.get_available_resource(nodename)
+        ratios = self._get_allocation_ratios(
+            provider_tree.data(nodename).inventory)
+
+        def inventory(total, rc, reserved):
+            return {'total': total, 'min_unit': 1, 'max_unit': total,
+                    'step_size': 1, 'allocation_ratio': ratios[rc],
+                    'reserved': reserved}
+
+        provider_tree.update_inventory(nodename, {
+            orc.VCPU: inventory(resources['vcpus'], orc.VCPU,
+                                CONF.reserved_host_cpus),
+            orc.MEMORY_MB: inventory(resources['memory_mb'], orc.MEMORY_MB,
+                                     CONF.reserved_host_memory_mb),
+            orc.DISK_GB: inventory(
+                resources['local_gb'], orc.DISK_GB,
+                self._get_reserved_host_disk_gb_from_config()),
+        })
+        provider_tree.add_traits(nodename, CONTAINER_HOST_TRAIT)
+
+    def get_host_ip_addr(self):
+        return CONF.my_ip
+
+    def get_host_uptime(self):
+        return host.uptime()
+
+    # -- instances ---------------------------------------------------------
+
+    def list_instance_uuids(self):
+        return container.list_names()
+
+    def list_instances(self):
+        # Container names are instance UUIDs.
+        return self.list_instance_uuids()
+
+    def get_info(self, instance, use_cache=True):
+        lxc_state, _ = container.state(instance.uuid)
+        if lxc_state == 'UNDEFINED':
+            raise nova_exception.InstanceNotFound(instance_id=instance.uuid)
+        suspended = container.is_marked(instance.uuid, SUSPENDED_MARKER)
+        return hardware.InstanceInfo(
+            state=power_state_for(lxc_state, suspended))
+
+    def spawn(self, context, instance, image_meta, injected_files,
+              admin_password, allocations, network_info=None,
+              block_device_info=None, power_on=True, accel_info=None):
+        if network_info:
+            raise exception.NetworkNotSupported(
+                ports=', '.join(vif['id'] for vif in network_info))
+        security = config.security_from_flavor(
+            instance.flavor.extra_specs, CONF.lxc.allow_privileged,
+            CONF.lxc.allow_nesting)
+        idmap = None if security.privileged else host.idmap()
+        image = self._images.get(context, instance, image_meta, idmap)
+        try:
+            self._define(instance, image, idmap, security)
+            if power_on:
+                self._start(instance)
+        except Exception:
+            with excutils.save_and_reraise_exception():
+                self._remove(instance)
+        LOG.info('Container created from image %s', image_meta.id,
+                 instance=instance)
+
+    def _define(self, instance, image, idmap, security):
+        cdir = container.container_dir(instance.uuid)
+        owner = (idmap.uid_start, idmap.gid_start) if idmap else (0, 0)
+        rootfs = self._backend.create(cdir, image.rootfs, *owner)
+        limits = config.limits_from_flavor(
+            instance.flavor, host.cpus(), CONF.lxc.pids_max, instance.uuid)
+        seccomp = CONF.lxc.seccomp_profile
+        text = config.build(
+            hostname=config.guest_hostname(instance.hostname, 'instance'),
+            rootfs=rootfs, idmap=idmap, security=security, limits=limits,
+            cgroup_version=self._cgroup_version or host.cgroup_version(),
+            init_kind=image.init_kind,
+            console_log=os.path.join(cdir, container.CONSOLE_LOG),
+            console_size_kb=CONF.lxc.console_log_size_kb,
+            lxc_log=os.path.join(cdir, container.LXC_LOG),
+            lxcfs_path=CONF.lxc.lxcfs_path if host.lxcfs_active() else '',
+            seccomp_profile=seccomp if seccomp and os.path.exists(seccomp)
+            else '')
+        container.define(instance.uuid, text)
+
+    def _start(self, instance):
+        started, log = container.start(instance.uuid)
+        if not started:
+            raise exception.ContainerStartFailed(name=instance.uuid,
+                                                 reason=log.strip()[-1000:])
+        container.mark(instance.uuid, SUSPENDED_MARKER, False)
+
+    def _remove(self, instance):
+        cdir = container.container_dir(instance.uuid)
+        self._backend.destroy(cdir)
+        fs.remove_tree(cdir)
+
+    def destroy(self, context, instance, network_info, block_device_info=None,
+                destroy_disks=True, destroy_secrets=True):
+        if not container.stop(instance.uuid):
+            raise exception.ContainerError(name=instance.uuid,
+                                           reason='it did not stop')
+        self.cleanup(context, instance, network_info, block_device_info,
+                     destroy_disks, destroy_secrets=destroy_secrets)
+
+    def cleanup(self, context, instance, network_info, block_device_info=None,
+                destroy_disks=True, migrate_data=None, destroy_vifs=True,
+                destroy_secrets=True):
+        if destroy_disks:
+            self._remove(instance)
+
+    # -- power -------------------------------------------------------------
+
+    def power_off(self, instance, timeout=0, retry_interval=0):
+        lxc_state, _ = container.state(instance.uuid)
+        if lxc_state == 'RUNNING' and timeout and \
+                self._clean_shutdown(instance, timeout, retry_interval):
+            return
+        if not container.stop(instance.uuid):
+            raise exception.ContainerError(name=instance.uuid,
+                                           reason='it did not stop')
+
+    def _clean_shutdown(self, instance, timeout, retry_interval):
+        """Ask init to halt, again every retry_interval; True if it did."""
+        deadline = time.monotonic() + timeout
+        next_request = 0.0
+        while time.monotonic() < deadline:
+            if time.monotonic() >= next_request:
+                container.request_shutdown(instance.uuid)
+                next_request = time.monotonic() + max(retry_interval, 1)
+            time.sleep(0.05)
+            if container.state(instance.uuid)[0] == 'STOPPED':
+                LOG.info('Guest shut down cleanly', instance=instance)
+                return True
+        LOG.warning('Guest did not shut down within %d s; stopping it',
+                    timeout, instance=instance)
+        return False
+
+    def power_on(self, context, instance, network_info,
+                 block_device_info=None, accel_info=None, share_info=None):
+        lxc_state, _ = container.state(instance.uuid)
+        if lxc_state in ('FROZEN', 'FREEZING'):
+            container.set_frozen(instance.uuid, False)
+            container.mark(instance.uuid, SUSPENDED_MARKER, False)
+        elif lxc_state != 'RUNNING':
+            self._start(instance)
+
+    def reboot(self, context, instance, network_info, reboot_type,
+               block_device_info=None, bad_volumes_callback=None,
+               accel_info=None, share_info=None):
+        if reboot_type == 'SOFT' and self._soft_reboot(instance):
+            return
+        container.stop(instance.uuid)
+        self._start(instance)
+
+    def _soft_reboot(self, instance):
+        """Ask init to reboot; True once a new init runs."""
+        lxc_state, old_pid = container.state(instance.uuid)
+        if lxc_state != 'RUNNING' or not \
+                container.request_reboot(instance.uuid):
+            return False
+        deadline = time.monotonic() + CONF.lxc.soft_reboot_timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            lxc_state, pid = container.state(instance.uuid)
+            if lxc_state == 'RUNNING' and pid not in (old_pid, -1):
+                return True
+        LOG.warning('Guest did not reboot within %d s; rebooting it hard',
+                    CONF.lxc.soft_reboot_timeout, instance=instance)
+        return False
+
+    def pause(self, instance):
+        container.set_frozen(instance.uuid, True)
+
+    def unpause(self, instance):
+        container.set_frozen(instance.uuid, False)
+
+    def suspend(self, context, instance):
+        # The cgroup freezer keeps the guest in memory; nothing goes to disk.
+        container.set_frozen(instance.uuid, True)
+        container.mark(instance.uuid, SUSPENDED_MARKER, True)
+
+    def resume(self, context, instance, network_info, block_device_info=None,
+               share_info=None):
+        container.set_frozen(instance.uuid, False)
+        container.mark(instance.uuid, SUSPENDED_MARKER, False)
+
+    def resume_state_on_host_boot(self, context, instance, network_info,
+                                  share_info, block_device_info=None):
+        self.power_on(context, instance, network_info, block_device_info)
+
+    def get_console_output(self, context, instance):
+        if container.state(instance.uuid)[0] == 'UNDEFINED':
+            raise nova_exception.InstanceNotFound(instance_id=instance.uuid)
+        return container.read_console_log(instance.uuid, MAX_CONSOLE_BYTES)
