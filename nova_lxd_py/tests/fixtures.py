@@ -1,0 +1,85 @@
+"""Fixtures for tests on real containers (run as root).
+
+Each owns one real resource and always cleans it up, even when the test
+fails: a private instances_path with its containers, and the guest images.
+"""
+
+import functools
+import os
+import shutil
+import subprocess
+import tempfile
+
+import fixtures
+from oslo_config import cfg
+
+from nova_lxd_py import conf  # noqa: F401  (registers [lxc])
+from nova_lxd_py import privsep
+from nova_lxd_py.tests import guest_image
+
+CONF = cfg.CONF
+
+
+class PrivsepInProcess(fixtures.Fixture):
+    """Run privsep entrypoints in the test process (tests run as root)."""
+
+    def _setUp(self):
+        self.useFixture(fixtures.MockPatchObject(
+            privsep.sys_admin_pctxt, 'client_mode', False))
+
+
+class HostDirs(fixtures.Fixture):
+    """A private instances_path; on cleanup every container in it is killed
+    and the directory removed, so a failed test leaves nothing running."""
+
+    def _setUp(self):
+        self.path = tempfile.mkdtemp(prefix='nova-lxd-py-test-')
+        os.chmod(self.path, 0o755)   # guests' root must reach the cache
+        self.addCleanup(self._clean)
+        self.container_path = os.path.join(self.path, 'containers')
+        self.image_cache_path = os.path.join(self.path, '_base_lxc')
+        CONF.set_override('instances_path', self.path)
+        self.addCleanup(CONF.clear_override, 'instances_path')
+
+    def _clean(self):
+        if os.path.isdir(self.container_path):
+            for name in os.listdir(self.container_path):
+                subprocess.run(['lxc-stop', '-k', '-n', name, '-P',
+                                self.container_path],
+                               capture_output=True, check=False)
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _image_dir():
+    return tempfile.mkdtemp(prefix='nova-lxd-py-images-')
+
+
+@functools.lru_cache(maxsize=None)
+def guest_tarball(marker='busybox-guest', with_init=True, compression='gz'):
+    """Path of a bootable busybox rootfs tarball, built once per process.
+
+    ``/etc/image-marker`` in the guest holds ``marker``.
+    """
+    name = '%s-%s.tar%s' % (marker, 'init' if with_init else 'noinit',
+                            '.' + compression if compression else '')
+    path = os.path.join(_image_dir(), name)
+    return guest_image.write_tarball(path, marker, with_init, compression)
+
+
+def host_leftovers(name):
+    """Everything of container ``name`` still on the host (should be [])."""
+    found = []
+    for root in ('/sys/fs/cgroup',):
+        for dirpath, dirnames, _ in os.walk(root):
+            for d in dirnames:
+                if name in d:
+                    found.append(os.path.join(dirpath, d))
+            if dirpath.count('/') >= 5:
+                dirnames[:] = []
+    with open('/proc/self/mountinfo') as f:
+        found += [line.strip() for line in f if name in line]
+    container_dir = os.path.join(CONF.lxc.container_path, name)
+    if os.path.lexists(container_dir):
+        found.append(container_dir)
+    return found
