@@ -97,7 +97,8 @@ def register_opts(conf=cfg.CONF):
 
 
 def list_opts():
-    return {GROUP: OPTS}
+    # oslo-config-generator wants (group, options) pairs, not a dict.
+    return [(GROUP, OPTS)]
 
 
 register_opts()

@@ -23,6 +23,10 @@ class PrivilegedNotAllowed(exception.InvalidInput):
                 '%(option)s = true in nova.conf to allow it).')
 
 
+class InvalidExtraSpec(exception.InvalidInput):
+    msg_fmt = _('Flavor extra spec %(spec)s has an invalid value: %(value)r')
+
+
 class NoSubordinateIds(exception.InvalidInput):
     msg_fmt = _('This compute host cannot run unprivileged containers: user '
                 '%(user)s has no subordinate %(kind)s range of at least '

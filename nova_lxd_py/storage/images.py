@@ -70,10 +70,11 @@ def init_kind(rootfs):
     path = resolve_in_root(rootfs, '/sbin/init')
     if path is None or not os.path.isfile(path):
         return None
-    name = os.path.basename(path)
-    if name == 'busybox':
+    # Judge the guest's path only: the cache's host path may say anything.
+    guest_path = os.path.relpath(path, rootfs)
+    if os.path.basename(guest_path) == 'busybox':
         return 'busybox'
-    return 'systemd' if 'systemd' in path else 'sysv'
+    return 'systemd' if 'systemd' in guest_path else 'sysv'
 
 
 class ImageCache:

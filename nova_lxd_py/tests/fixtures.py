@@ -4,6 +4,7 @@ Each owns one real resource and always cleans it up, even when the test
 fails: a private instances_path with its containers, and the guest images.
 """
 
+import atexit
 import functools
 import os
 import shutil
@@ -52,7 +53,11 @@ class HostDirs(fixtures.Fixture):
 
 @functools.lru_cache(maxsize=None)
 def _image_dir():
-    return tempfile.mkdtemp(prefix='nova-lxd-py-images-')
+    # Not the default temp dir: oslotest points TMPDIR at a per-test
+    # directory that is deleted after that test, and images outlive tests.
+    path = tempfile.mkdtemp(prefix='nova-lxd-py-images-', dir='/var/tmp')
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 @functools.lru_cache(maxsize=None)

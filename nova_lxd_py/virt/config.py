@@ -61,12 +61,24 @@ class Limits:
     pids_max: int           # 0 means unlimited
 
 
+def _bool(value):
+    return strutils.bool_from_string(value, strict=True)
+
+
+def _spec(specs, key, default, convert):
+    # InvalidInput, not ValueError: the compute manager then aborts the build
+    # with this message instead of rescheduling it to every other host.
+    value = specs.get(key, default)
+    try:
+        return convert(value)
+    except ValueError:
+        raise exception.InvalidExtraSpec(spec=key, value=value)
+
+
 def security_from_flavor(extra_specs, allow_privileged, allow_nesting):
     """Return the flavor's Security, refusing what the operator forbids."""
-    privileged = strutils.bool_from_string(
-        extra_specs.get(SPEC_PRIVILEGED, 'false'), strict=True)
-    nesting = strutils.bool_from_string(
-        extra_specs.get(SPEC_NESTING, 'false'), strict=True)
+    privileged = _spec(extra_specs, SPEC_PRIVILEGED, 'false', _bool)
+    nesting = _spec(extra_specs, SPEC_NESTING, 'false', _bool)
     if privileged and not allow_privileged:
         raise exception.PrivilegedNotAllowed(
             spec=SPEC_PRIVILEGED, what='privileged',
@@ -95,10 +107,10 @@ def pick_cpuset(vcpus, host_cpus, seed):
 def limits_from_flavor(flavor, host_cpus, default_pids_max, seed):
     """Cgroup limits for a flavor; ``quota:cpu_*`` extra specs override."""
     specs = flavor.extra_specs or {}
-    period = int(specs.get('quota:cpu_period', 100000))
-    quota = int(specs.get('quota:cpu_quota', flavor.vcpus * period))
-    shares = int(specs.get('quota:cpu_shares', 1024 * flavor.vcpus))
-    pids = int(specs.get(SPEC_PIDS_MAX, default_pids_max))
+    period = _spec(specs, 'quota:cpu_period', 100000, int)
+    quota = _spec(specs, 'quota:cpu_quota', flavor.vcpus * period, int)
+    shares = _spec(specs, 'quota:cpu_shares', 1024 * flavor.vcpus, int)
+    pids = _spec(specs, SPEC_PIDS_MAX, default_pids_max, int)
     return Limits(memory_bytes=flavor.memory_mb * 1024 * 1024,
                   cpu_period_us=period,
                   cpu_quota_us=quota if quota > 0 else -1,
@@ -170,7 +182,11 @@ def build(*, hostname, rootfs, idmap, security, limits, cgroup_version,
         items.append(('lxc.mount.auto', 'cgroup:rw:force proc:rw sys:rw'))
     else:
         items.append(('lxc.mount.auto', 'cgroup:mixed proc:mixed sys:mixed'))
-    if idmap is not None and not security.privileged:
+    if idmap is None and not security.privileged:
+        # Fail closed: never turn an unprivileged flavor into a container
+        # without a user namespace.
+        raise ValueError('an unprivileged container needs an id map')
+    if not security.privileged:
         items += [('lxc.idmap', 'u 0 %d %d' % (idmap.uid_start, idmap.size)),
                   ('lxc.idmap', 'g 0 %d %d' % (idmap.gid_start, idmap.size))]
     else:

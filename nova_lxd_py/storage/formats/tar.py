@@ -46,8 +46,10 @@ def _check(member, symlinks):
     if member.isdev():
         return False
     if member.islnk():
-        target = member.linkname.lstrip('./')
-        if (member.linkname.startswith('/') or '..' in target.split('/')
+        # _normalise, not lstrip('./'): that turned '../x' into 'x' and
+        # '.profile' into 'profile'.
+        target = _normalise(member.linkname)
+        if (target.startswith('/') or '..' in target.split('/')
                 or _through_symlink(target, symlinks) or target in symlinks):
             raise UnsafeMember('hard link %r leaves the tree' % name)
         member.linkname = target

@@ -1,0 +1,34 @@
+"""liblxc state (and our suspended marker) -> Nova power state."""
+
+import ddt
+from nova.compute import power_state
+from oslotest import base
+
+from nova_lxd_py.virt import driver
+
+
+@ddt.ddt
+class PowerStateForTest(base.BaseTestCase):
+
+    @ddt.unpack
+    @ddt.data(
+        ('RUNNING', False, power_state.RUNNING),
+        ('STARTING', False, power_state.RUNNING),
+        ('THAWED', False, power_state.RUNNING),
+        ('STOPPED', False, power_state.SHUTDOWN),
+        ('STOPPING', False, power_state.SHUTDOWN),
+        ('ABORTING', False, power_state.CRASHED),
+        ('FROZEN', False, power_state.PAUSED),
+        ('FREEZING', False, power_state.PAUSED),
+        # Suspend is a freeze too; the marker tells the two apart.
+        ('FROZEN', True, power_state.SUSPENDED),
+        ('FREEZING', True, power_state.SUSPENDED),
+        # A stale marker never makes a running or stopped guest suspended.
+        ('RUNNING', True, power_state.RUNNING),
+        ('STOPPED', True, power_state.SHUTDOWN),
+        ('UNKNOWN-STATE', False, power_state.NOSTATE),
+        ('', True, power_state.NOSTATE),
+    )
+    def test_power_state_for_lxc_state(self, lxc_state, suspended, expected):
+        self.assertEqual(expected,
+                         driver.power_state_for(lxc_state, suspended))
