@@ -91,8 +91,8 @@ class ImageCache:
         name = self.entry_name(image_meta.id, idmap)
         entry = os.path.join(self.path, name)
         os.makedirs(self.path, mode=0o755, exist_ok=True)
-        with lockutils.lock(name, lock_file_prefix='nova-lxd-py-image-',
-                            external=True, lock_path=self.path):
+        with lockutils.lock(name, lock_file_prefix='image-', external=True,
+                            lock_path=os.path.join(self.path, '.locks')):
             if not os.path.exists(os.path.join(entry, META)):
                 self._fetch(context, instance, image_meta, idmap, entry)
             else:

@@ -34,7 +34,11 @@ class HostDirs(fixtures.Fixture):
     and the directory removed, so a failed test leaves nothing running."""
 
     def _setUp(self):
-        self.path = tempfile.mkdtemp(prefix='nova-lxd-py-test-')
+        # Not the per-test temp dir of oslotest/nova: it is private (0700),
+        # and a guest's root (a subordinate uid) must pass through to reach
+        # its image and root layer.
+        self.path = tempfile.mkdtemp(prefix='nova-lxd-py-test-',
+                                     dir='/var/tmp')
         os.chmod(self.path, 0o755)   # guests' root must reach the cache
         self.addCleanup(self._clean)
         self.container_path = os.path.join(self.path, 'containers')

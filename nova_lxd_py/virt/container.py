@@ -79,7 +79,17 @@ def state(name: str) -> tuple:
     c = _container(name)
     if not c.defined:
         return 'UNDEFINED', -1
-    return c.state, c.init_pid
+    lxc_state, pid = c.state, c.init_pid
+    # We freeze through the cgroup, which liblxc's monitor never notices:
+    # it keeps reporting the state of its own last freeze or thaw.
+    if lxc_state in ('RUNNING', 'FROZEN', 'FREEZING', 'THAWED'):
+        try:
+            frozen = _freezer_state(pid)
+        except OSError:   # init just exited
+            frozen = None
+        if frozen is not None:
+            lxc_state = 'FROZEN' if frozen else 'RUNNING'
+    return lxc_state, pid
 
 
 @privsep.sys_admin_pctxt.entrypoint
@@ -93,7 +103,7 @@ def stop(name: str) -> bool:
     """Kill the container at once; True if it is stopped afterwards."""
     c = _container(name)
     if c.running:
-        if _freezer_state(c.init_pid) is not None:
+        if _freezer_state(c.init_pid):
             # A frozen init cannot die: thaw first.
             _set_frozen(c.init_pid, False)
         c.stop()

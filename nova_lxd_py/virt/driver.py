@@ -71,8 +71,12 @@ class LXCDriver(driver.ComputeDriver):
 
     # -- host --------------------------------------------------------------
 
-    def init_host(self, host_name):
-        self._nodename = host_name
+    def init_host(self, host):
+        # Nova passes the host name by keyword, as ``host``.
+        self._nodename = host
+        self._check_host()
+
+    def _check_host(self):
         try:
             version = container.lxc_version()
         except Exception as e:

@@ -55,7 +55,7 @@ BUSYBOX_IMAGE = 'b0b0b0b0-0000-4000-8000-000000000001'
 NODE = 'compute-1'
 BOOTED = b'guest init: booted'
 SHUTTING_DOWN = b'guest init: shutting down'
-LOCK_PREFIX = 'nova-lxd-py-image-'
+LOCKS_DIR = '.locks'   # the image cache's lock files, not entries
 
 
 def wait_until(predicate, timeout=10.0, what='condition'):
@@ -193,7 +193,7 @@ class DriverTestCase(base.BaseTestCase):
         if not os.path.isdir(path):
             return []
         return sorted(n for n in os.listdir(path)
-                      if not n.startswith(LOCK_PREFIX))
+                      if n != LOCKS_DIR)
 
     def container_dirs(self):
         path = CONF.lxc.container_path
