@@ -4,6 +4,7 @@ Options are registered on import by :func:`register_opts`, never read at
 import time; :func:`list_opts` feeds ``oslo-config-generator``.
 """
 
+import nova.conf
 from oslo_config import cfg
 
 GROUP = cfg.OptGroup(
@@ -101,5 +102,7 @@ def list_opts():
     return [(GROUP, OPTS)]
 
 
-register_opts()
-CONF = cfg.CONF
+# nova.conf registers Nova's own options (instances_path, which our paths
+# default to) in every process that reads ours, the privsep daemon included.
+CONF = nova.conf.CONF
+register_opts(CONF)

@@ -158,7 +158,10 @@ def guest_hostname(instance_hostname, fallback):
     return name or fallback
 
 
-def build(*, hostname, rootfs, idmap, security, limits, cgroup_version,
+INSTANCE_NAME_KEY = '# nova.instance_name = '
+
+
+def build(*, instance_name, hostname, rootfs, idmap, security, limits, cgroup_version,
           init_kind, console_log, console_size_kb, lxc_log, lxcfs_path='',
           seccomp_profile=''):
     """Return the full text of a container's liblxc config file."""
@@ -201,4 +204,6 @@ def build(*, hostname, rootfs, idmap, security, limits, cgroup_version,
         items += [('lxc.mount.entry', '%s/%s %s none bind,optional 0 0'
                    % (lxcfs_path, f, f)) for f in _LXCFS_FILES]
     items += cgroup_lines(limits, cgroup_version)
-    return ''.join('%s = %s\n' % (k, v) for k, v in items)
+    # A comment liblxc ignores, so list_instances can give Nova the names.
+    return INSTANCE_NAME_KEY + instance_name + '\n' + ''.join(
+        '%s = %s\n' % (k, v) for k, v in items)

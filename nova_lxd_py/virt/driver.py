@@ -160,8 +160,8 @@ class LXCDriver(driver.ComputeDriver):
         return container.list_names()
 
     def list_instances(self):
-        # Container names are instance UUIDs.
-        return self.list_instance_uuids()
+        # Containers are named by UUID; each config records Nova's name.
+        return container.instance_names(config.INSTANCE_NAME_KEY)
 
     def get_info(self, instance, use_cache=True):
         lxc_state, _ = container.state(instance.uuid)
@@ -200,6 +200,7 @@ class LXCDriver(driver.ComputeDriver):
             instance.flavor, host.cpus(), CONF.lxc.pids_max, instance.uuid)
         seccomp = CONF.lxc.seccomp_profile
         text = config.build(
+            instance_name=instance.name,
             hostname=config.guest_hostname(instance.hostname, 'instance'),
             rootfs=rootfs, idmap=idmap, security=security, limits=limits,
             cgroup_version=self._cgroup_version or host.cgroup_version(),
@@ -213,7 +214,8 @@ class LXCDriver(driver.ComputeDriver):
         container.define(instance.uuid, text)
 
     def _start(self, instance):
-        started, log = container.start(instance.uuid)
+        started, log = container.start(instance.uuid,
+                                       CONF.lxc.start_timeout)
         if not started:
             raise exception.ContainerStartFailed(name=instance.uuid,
                                                  reason=log.strip()[-1000:])
@@ -321,4 +323,6 @@ class LXCDriver(driver.ComputeDriver):
     def get_console_output(self, context, instance):
         if container.state(instance.uuid)[0] == 'UNDEFINED':
             raise nova_exception.InstanceNotFound(instance_id=instance.uuid)
-        return container.read_console_log(instance.uuid, MAX_CONSOLE_BYTES)
+        # latin-1 maps bytes to str one to one: the manager encodes it back.
+        return container.read_console_log(
+            instance.uuid, MAX_CONSOLE_BYTES).decode('latin-1')

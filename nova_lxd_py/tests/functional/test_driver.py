@@ -53,8 +53,8 @@ from nova_lxd_py.virt import host  # noqa: E402
 CONF = cfg.CONF
 BUSYBOX_IMAGE = 'b0b0b0b0-0000-4000-8000-000000000001'
 NODE = 'compute-1'
-BOOTED = b'guest init: booted'
-SHUTTING_DOWN = b'guest init: shutting down'
+BOOTED = 'guest init: booted'
+SHUTTING_DOWN = 'guest init: shutting down'
 LOCKS_DIR = '.locks'   # the image cache's lock files, not entries
 
 
@@ -253,7 +253,7 @@ class LifecycleTest(DriverTestCase):
 
     def test_get_console_output_shows_boot(self):
         instance = self.spawn()
-        self.assertIn(b'guest init: booted guest-1', self.console(instance))
+        self.assertIn('guest init: booted guest-1', self.console(instance))
 
     def test_power_off_graceful_then_power_on(self):
         instance = self.spawn()
@@ -263,7 +263,7 @@ class LifecycleTest(DriverTestCase):
         self.assertEqual(power_state.SHUTDOWN, self.state(instance))
         # The guest ran its own shutdown: init's inittab action printed.
         self.assertIn(SHUTTING_DOWN, self.console(instance))
-        self.assertIn(b'Requesting system poweroff', self.console(instance))
+        self.assertIn('Requesting system poweroff', self.console(instance))
 
         self.driver.power_on(self.context, instance, None)
         self.wait_booted(instance, times=2)
@@ -291,7 +291,7 @@ class LifecycleTest(DriverTestCase):
         # Well within soft_reboot_timeout (20 s): no hard fallback.
         self.assertLess(time.monotonic() - started, 10)
         self.assertNotEqual(old_pid, self.init_pid(instance))
-        self.assertIn(b'Requesting system reboot', self.console(instance))
+        self.assertIn('Requesting system reboot', self.console(instance))
         self.wait_booted(instance, times=2)
         self.assertEqual(power_state.RUNNING, self.state(instance))
 

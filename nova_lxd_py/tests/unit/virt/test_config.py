@@ -27,6 +27,8 @@ def parse(text):
     """Config text -> [(key, value)], checking the 'key = value' syntax."""
     items = []
     for line in text.splitlines():
+        if line.startswith('#'):
+            continue
         key, sep, value = line.partition(' = ')
         assert sep and key.startswith('lxc.'), line
         items.append((key, value))
@@ -206,7 +208,8 @@ class CgroupLinesTest(base.BaseTestCase):
 
 
 def build(**overrides):
-    kwargs = dict(hostname='guest', rootfs='overlay:/cache/rootfs:/c/upper',
+    kwargs = dict(instance_name='instance-00000001', hostname='guest',
+                  rootfs='overlay:/cache/rootfs:/c/upper',
                   idmap=IDMAP, security=config.Security(), limits=LIMITS,
                   cgroup_version=1, init_kind='busybox',
                   console_log='/c/console.log', console_size_kb=1024,
@@ -217,6 +220,15 @@ def build(**overrides):
 
 @ddt.ddt
 class BuildTest(base.BaseTestCase):
+
+    def test_build_records_instance_name_first(self):
+        text = config.build(**dict(
+            instance_name='instance-0000002a', hostname='g', rootfs='r',
+            idmap=IDMAP, security=config.Security(), limits=LIMITS,
+            cgroup_version=1, init_kind='busybox', console_log='c',
+            console_size_kb=64, lxc_log='l'))
+        self.assertEqual('# nova.instance_name = instance-0000002a',
+                         text.splitlines()[0])
 
     def test_build_unprivileged_maps_ids_without_device_rules(self):
         items = build()
