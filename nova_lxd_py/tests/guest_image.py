@@ -77,8 +77,8 @@ def busybox_members(marker=None, with_init=True):
         parent = os.path.dirname(path).lstrip('/')
         for i in range(1, parent.count('/') + 2):
             sub = '/'.join(parent.split('/')[:i])
-            if sub not in dirs and sub not in ('bin', 'sbin', 'usr',
-                                                'usr/bin', 'etc'):
+            made = ('bin', 'sbin', 'usr', 'usr/bin', 'etc')
+            if sub not in dirs and sub not in made:
                 dirs.add(sub)
                 add(sub)
         with open(path, 'rb') as f:

@@ -161,9 +161,9 @@ def guest_hostname(instance_hostname, fallback):
 INSTANCE_NAME_KEY = '# nova.instance_name = '
 
 
-def build(*, instance_name, hostname, rootfs, idmap, security, limits, cgroup_version,
-          init_kind, console_log, console_size_kb, lxc_log, lxcfs_path='',
-          seccomp_profile=''):
+def build(*, instance_name, hostname, rootfs, idmap, security, limits,
+          cgroup_version, init_kind, console_log, console_size_kb, lxc_log,
+          lxcfs_path='', seccomp_profile=''):
     """Return the full text of a container's liblxc config file."""
     halt, reboot = INIT_SIGNALS.get(init_kind, INIT_SIGNALS['sysv'])
     items = [
