@@ -4,9 +4,9 @@ Every function that touches a container runs in the privsep daemon. A
 container is named after its instance's UUID and lives in
 ``[lxc] container_path``; entrypoints refuse any other name.
 
-liblxc's ``start()`` moves its caller into the container's monitor cgroup,
-so it always runs in a short-lived forked child, never in a long-lived
-process. Freezing writes the freezer cgroup directly: liblxc's own freeze
+Starting and attaching run liblxc's own ``lxc-start``/``lxc-attach`` in a
+fresh process (see start()); everything else uses liblxc through its Python
+bindings. Freezing writes the freezer cgroup directly: liblxc's own freeze
 polls with one-second sleeps on cgroup v1.
 """
 
