@@ -114,7 +114,11 @@ def write_tree(path, marker=None):
     tmp = path.rstrip('/') + '.tar'
     write_tarball(tmp, marker, compression='')
     with tarfile.open(tmp) as tar:
-        tar.extractall(path, numeric_owner=True, filter='fully_trusted')
+        # Python before 3.11.4 (Debian 12's) has no extraction filters; this
+        # module stays free of the driver's imports (it runs standalone).
+        trusted = ({'filter': 'fully_trusted'}
+                   if hasattr(tarfile, 'fully_trusted_filter') else {})
+        tar.extractall(path, numeric_owner=True, **trusted)
     os.unlink(tmp)
     return path
 

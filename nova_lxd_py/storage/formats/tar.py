@@ -58,6 +58,12 @@ def _check(member, symlinks):
     return True
 
 
+# Every member is checked above. Python before 3.11.4 (Debian 12 has 3.11.2)
+# knows no extraction filters; later ones warn unless told to trust them.
+TRUSTED = ({'filter': 'fully_trusted'}
+           if hasattr(tarfile, 'fully_trusted_filter') else {})
+
+
 def _normalise(name):
     while name.startswith('./'):
         name = name[2:]
@@ -76,7 +82,7 @@ def unpack(archive: str, dest: str, uid_shift: int, gid_shift: int) -> None:
                 member.gid += gid_shift
                 members.append(member)
         tar.extractall(dest, members=members, numeric_owner=True,
-                       filter='fully_trusted')
+                       **TRUSTED)
     root = os.lstat(dest)
     if root.st_uid == 0 and uid_shift:
         os.chown(dest, uid_shift, gid_shift)

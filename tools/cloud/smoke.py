@@ -1,0 +1,290 @@
+"""End-to-end smoke test of the single-host cloud, through its real services.
+
+Drives one server through its life with the ``openstack`` CLI (create,
+show, console log, stop, start, reboot, pause, unpause, suspend, resume,
+delete) and checks after each step, on the host itself, what liblxc and the
+cgroup freezer say about its container; runs a command inside the guest;
+checks that Neutron binds a port with the Open vSwitch mechanism driver;
+and at the end that no container is left that Nova does not know about.
+
+Run by ``tools/cloud/cloud.sh smoke`` (as root). Prints each step's time
+and a closing ``smoke: N passed, N failed`` line; exits 1 on any failure.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+import openstack
+
+CGROUP_ROOT = '/sys/fs/cgroup'
+WAIT_SECONDS = 180
+
+
+class StepFailed(Exception):
+    pass
+
+
+def check(condition, message):
+    if not condition:
+        raise StepFailed(message)
+
+
+class Smoke:
+    def __init__(self, args):
+        self.args = args
+        self.conn = openstack.connect(cloud=args.cloud)
+        self.server_id = None
+        self.name = 'smoke-%d' % time.time()
+        self.results = []
+
+    # -- tools -------------------------------------------------------------
+
+    def osc(self, *argv):
+        cmd = ['openstack', '--os-cloud', self.args.cloud] + list(argv)
+        proc = subprocess.run(cmd, capture_output=True, text=True,
+                              timeout=WAIT_SECONDS)
+        check(proc.returncode == 0, '`%s` exited %d: %s' % (
+            ' '.join(cmd), proc.returncode, proc.stderr.strip()[-800:]))
+        return proc.stdout
+
+    def lxc(self, tool, *argv):
+        cmd = [tool, '-n', self.server_id, '-P', self.args.container_path]
+        proc = subprocess.run(cmd + list(argv), capture_output=True,
+                              text=True, timeout=60)
+        return proc.returncode, proc.stdout.strip() + proc.stderr.strip()
+
+    def lxc_state(self):
+        code, out = self.lxc('lxc-info', '-s', '-H')
+        return out if code == 0 else 'UNDEFINED'
+
+    def init_pid(self):
+        code, out = self.lxc('lxc-info', '-p', '-H')
+        check(code == 0 and out.isdigit(), 'no init pid: %s' % out)
+        return int(out)
+
+    def frozen(self):
+        """The cgroup freezer's view of the container's init."""
+        with open('/proc/%d/cgroup' % self.init_pid()) as f:
+            lines = [line.rstrip('\n').split(':', 2) for line in f]
+        for _, controllers, path in lines:
+            if 'freezer' in controllers.split(','):
+                state = os.path.join(CGROUP_ROOT, 'freezer', path.lstrip('/'),
+                                     'freezer.state')
+                with open(state) as f:
+                    return f.read().strip() == 'FROZEN'
+        for _, controllers, path in lines:
+            if controllers == '':
+                for base in (CGROUP_ROOT, os.path.join(CGROUP_ROOT,
+                                                       'unified')):
+                    events = os.path.join(base, path.lstrip('/'),
+                                          'cgroup.events')
+                    if os.path.exists(events):
+                        with open(events) as f:
+                            return 'frozen 1' in f.read().splitlines()
+        raise StepFailed('no freezer cgroup for the container init')
+
+    def guest_ps(self):
+        code, out = self.lxc('lxc-attach', '--', '/bin/ps')
+        check(code == 0, 'lxc-attach exited %d: %s' % (code, out))
+        check('init' in out, 'no init in the guest ps: %s' % out)
+        return out
+
+    def wait_status(self, wanted):
+        deadline = time.monotonic() + WAIT_SECONDS
+        while True:
+            server = self.conn.compute.get_server(self.server_id)
+            if server.status == wanted and not server.task_state:
+                return server
+            check(server.status != 'ERROR', 'server went to ERROR: %s' % (
+                (server.fault or {}).get('message')))
+            check(time.monotonic() < deadline, 'still %s/%s after %d s, '
+                  'not %s' % (server.status, server.task_state,
+                              WAIT_SECONDS, wanted))
+            time.sleep(0.5)
+
+    def expect(self, api_status, lxc_state, frozen=None):
+        """Wait for ``api_status``; check liblxc and the freezer agree."""
+        self.wait_status(api_status)
+        state = self.lxc_state()
+        if frozen:
+            # The driver freezes through the cgroup, which liblxc's monitor
+            # may not notice: the freezer itself is the judge.
+            check(state in ('FROZEN', 'RUNNING'),
+                  'liblxc says %s, expected FROZEN' % state)
+        else:
+            check(state == lxc_state,
+                  'liblxc says %s, expected %s' % (state, lxc_state))
+        if frozen is not None:
+            check(self.frozen() == frozen, 'freezer: frozen=%s, expected %s'
+                  % (not frozen, frozen))
+        return state
+
+    # -- steps ---------------------------------------------------------------
+
+    def step_neutron(self):
+        agents = [a for a in self.conn.network.agents(host=self.args.host)
+                  if a.agent_type == 'Open vSwitch agent']
+        check(agents and agents[0].is_alive,
+              'no live Open vSwitch agent on %s' % self.args.host)
+        net = self.conn.network.create_network(name=self.name)
+        try:
+            port = self.conn.network.create_port(
+                network_id=net.id, binding_host_id=self.args.host)
+            check(port.binding_vif_type == 'ovs',
+                  'port bound as %r, not ovs' % port.binding_vif_type)
+            self.conn.network.delete_port(port)
+        finally:
+            self.conn.network.delete_network(net)
+        return 'OVS agent alive; a port on %s binds as vif_type=ovs (%s)' % (
+            self.args.host, port.binding_vif_details)
+
+    def step_create(self):
+        self.server_id = self.osc(
+            'server', 'create', '--flavor', self.args.flavor, '--image',
+            self.args.image, '--nic', 'none', '--wait', '-f', 'value', '-c',
+            'id', self.name).strip()
+        self.expect('ACTIVE', 'RUNNING', frozen=False)
+        return 'server %s ACTIVE, container RUNNING' % self.server_id
+
+    def step_show(self):
+        return self.osc('server', 'show', self.server_id, '-c', 'name', '-c',
+                        'status', '-c', 'OS-EXT-STS:power_state', '-c',
+                        'OS-EXT-SRV-ATTR:host', '-c', 'image')
+
+    def step_console_log(self):
+        out = self.osc('console', 'log', 'show', self.server_id)
+        check('guest init: booted' in out, 'no boot line in: %r' % out)
+        return out.strip()
+
+    def step_guest_command(self):
+        return self.guest_ps()
+
+    def step_stop(self):
+        self.osc('server', 'stop', self.server_id)
+        self.expect('SHUTOFF', 'STOPPED')
+        return 'SHUTOFF, container STOPPED'
+
+    def step_start(self):
+        self.osc('server', 'start', self.server_id)
+        self.expect('ACTIVE', 'RUNNING', frozen=False)
+        self.guest_ps()
+        return 'ACTIVE, container RUNNING, guest answers'
+
+    def step_reboot(self):
+        before = self.init_pid()
+        self.osc('server', 'reboot', '--wait', self.server_id)
+        self.expect('ACTIVE', 'RUNNING', frozen=False)
+        after = self.init_pid()
+        check(after != before, 'init pid still %d: no reboot' % before)
+        return 'ACTIVE, new guest init (host pid %d -> %d)' % (before, after)
+
+    def step_pause(self):
+        self.osc('server', 'pause', self.server_id)
+        state = self.expect('PAUSED', 'FROZEN', frozen=True)
+        return 'PAUSED, cgroup freezer FROZEN (liblxc: %s)' % state
+
+    def step_unpause(self):
+        self.osc('server', 'unpause', self.server_id)
+        self.expect('ACTIVE', 'RUNNING', frozen=False)
+        self.guest_ps()
+        return 'ACTIVE, thawed, guest answers'
+
+    def step_suspend(self):
+        self.osc('server', 'suspend', self.server_id)
+        state = self.expect('SUSPENDED', 'FROZEN', frozen=True)
+        return 'SUSPENDED, cgroup freezer FROZEN (liblxc: %s)' % state
+
+    def step_resume(self):
+        self.osc('server', 'resume', self.server_id)
+        self.expect('ACTIVE', 'RUNNING', frozen=False)
+        self.guest_ps()
+        return 'ACTIVE, thawed, guest answers'
+
+    def step_delete(self):
+        self.osc('server', 'delete', '--wait', self.server_id)
+        check(self.lxc_state() == 'UNDEFINED', 'container still defined')
+        path = os.path.join(self.args.container_path, self.server_id)
+        check(not os.path.lexists(path), '%s is left' % path)
+        self.server_id, deleted = None, self.server_id
+        return 'server %s gone; its container and directory too' % deleted
+
+    def step_host_clean(self):
+        known = {s.id for s in self.conn.compute.servers(all_projects=True)}
+        path = self.args.container_path
+        on_host = set(os.listdir(path)) if os.path.isdir(path) else set()
+        orphans = sorted(on_host - known)
+        check(not orphans, 'containers Nova does not know: %s' % orphans)
+        with open('/proc/self/mountinfo') as f:
+            mounts = [line for line in f if path in line]
+        check(not mounts, 'mounts left under %s: %s' % (path, mounts))
+        return '%d container(s) on the host, all of live servers (%s)' % (
+            len(on_host), ', '.join(sorted(on_host)) or 'none')
+
+    STEPS = ('neutron', 'create', 'show', 'console_log', 'guest_command',
+             'stop', 'start', 'reboot', 'pause', 'unpause', 'suspend',
+             'resume', 'delete', 'host_clean')
+
+    # -- runner --------------------------------------------------------------
+
+    def run(self):
+        failed = False
+        for name in self.STEPS:
+            if failed and name not in ('host_clean',):
+                self.results.append((name, 'SKIP', 0.0, 'after a failure'))
+                continue
+            started = time.monotonic()
+            try:
+                detail = getattr(self, 'step_' + name)()
+                outcome = 'PASS'
+            except Exception as e:
+                detail, outcome, failed = '%s: %s' % (
+                    type(e).__name__, e), 'FAIL', True
+            took = time.monotonic() - started
+            self.results.append((name, outcome, took, detail))
+            print('%-4s %-14s %6.1fs  %s' % (outcome, name, took,
+                                             _indent(detail)), flush=True)
+        self.cleanup()
+        return failed
+
+    def cleanup(self):
+        if self.server_id:
+            print('cleanup: deleting server %s' % self.server_id)
+            try:
+                self.osc('server', 'delete', '--wait', self.server_id)
+            except Exception as e:
+                print('cleanup failed: %s' % e)
+
+
+def _indent(text):
+    return str(text).replace('\n', '\n' + ' ' * 28)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    for opt in ('cloud', 'flavor', 'image', 'container-path', 'host', 'logs',
+                'timings'):
+        parser.add_argument('--' + opt, required=True)
+    args = parser.parse_args()
+    smoke = Smoke(args)
+    started = time.monotonic()
+    failed = smoke.run()
+    total = time.monotonic() - started
+    with open(args.timings, 'w') as f:
+        for name, outcome, took, _ in smoke.results:
+            f.write('%-16s %-4s %6.1fs\n' % (name, outcome, took))
+        f.write('%-16s      %6.1fs\n' % ('total', total))
+    passed = sum(1 for r in smoke.results if r[1] == 'PASS')
+    failures = sum(1 for r in smoke.results if r[1] != 'PASS')
+    print('total %.1fs (timings in %s)' % (total, args.timings))
+    if failed:
+        print('On failure read %s/nova-compute.log first, then nova-api.log, '
+              'nova-conductor.log and nova-scheduler.log.' % args.logs)
+    print('smoke: %d passed, %d failed' % (passed, failures))
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
