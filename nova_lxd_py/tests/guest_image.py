@@ -25,6 +25,9 @@ RCS = """\
 mount -t tmpfs tmpfs /tmp 2>/dev/null
 mount -t tmpfs tmpfs /run 2>/dev/null
 hostname -F /etc/hostname 2>/dev/null
+echo "guest init: kernel $(uname -sr) on $(uname -m)"
+echo "guest init: $(grep -c ^processor /proc/cpuinfo) CPU(s)"
+echo "guest init: $(grep MemTotal /proc/meminfo)"
 echo "guest init: booted $(hostname)"
 """
 
