@@ -128,7 +128,11 @@ class LXCDriver(driver.ComputeDriver):
         return [(arch, fields.HVType.LXC, fields.VMMode.EXE)]
 
     def update_provider_tree(self, provider_tree, nodename, allocations=None):
-        resources = self.get_available_resource(nodename)
+        # Only the totals: not the whole get_available_resource(), which
+        # also reads the node uuid, liblxc's version and the arch each time.
+        vcpus = len(host.cpus())
+        memory_mb = host.memory_mb()[0]
+        disk_gb = host.disk_gb(CONF.lxc.container_path)[0]
         ratios = self._get_allocation_ratios(
             provider_tree.data(nodename).inventory)
 
@@ -138,12 +142,11 @@ class LXCDriver(driver.ComputeDriver):
                     'reserved': reserved}
 
         provider_tree.update_inventory(nodename, {
-            orc.VCPU: inventory(resources['vcpus'], orc.VCPU,
-                                CONF.reserved_host_cpus),
-            orc.MEMORY_MB: inventory(resources['memory_mb'], orc.MEMORY_MB,
+            orc.VCPU: inventory(vcpus, orc.VCPU, CONF.reserved_host_cpus),
+            orc.MEMORY_MB: inventory(memory_mb, orc.MEMORY_MB,
                                      CONF.reserved_host_memory_mb),
             orc.DISK_GB: inventory(
-                resources['local_gb'], orc.DISK_GB,
+                disk_gb, orc.DISK_GB,
                 self._get_reserved_host_disk_gb_from_config()),
         })
         provider_tree.add_traits(nodename, CONTAINER_HOST_TRAIT)
