@@ -1,13 +1,51 @@
-"""Image formats, detected from the image's first bytes.
+"""Image formats: each Glance image becomes a guest's root file system.
 
-Each format module has ``NAME``, ``detect(head) -> bool`` and a privileged
-``unpack(archive, dest, uid_shift, gid_shift)``.
+A format module has:
+
+``NAME``
+    the format's name, as in ``[lxc] image_formats`` and in messages;
+``DISK_FORMATS`` / ``CONTAINER_FORMATS``
+    the Glance ``disk_format`` / ``container_format`` values it may be
+    uploaded with (hints only: the bytes decide, a mismatch is refused);
+``detect(head, path) -> bool``
+    True if the file at ``path``, whose first bytes are ``head``, is one;
+``unpack(archive, target, workdir) -> dict``
+    fill ``target.dest`` (a :class:`stream.Target`) with the tree. It runs
+    as root inside the privsep daemon; ``workdir`` is an empty scratch
+    directory on the same file system, removed by the caller. It returns
+    facts for the cache entry's meta.json (JSON-serialisable) and raises
+    :class:`stream.UnsafeImage` with a reason for anything it refuses.
+
+Formats are tried in ``FORMATS`` order: the more specific tarballs (LXD,
+OCI) before plain root file system tarballs.
 """
 
+import os
+
+from nova_lxd_py import privsep
+from nova_lxd_py.storage.formats import disk
+from nova_lxd_py.storage.formats import lxd
+from nova_lxd_py.storage.formats import oci
+from nova_lxd_py.storage.formats import qcow2
+from nova_lxd_py.storage.formats import squashfs
+from nova_lxd_py.storage.formats import stream
 from nova_lxd_py.storage.formats import tar
 
-FORMATS = (tar,)
-HEAD_BYTES = 512
+HEAD_BYTES = 65536
+
+FORMATS = [qcow2, disk, squashfs, lxd, oci, tar]
+UnsafeImage = stream.UnsafeImage
+
+
+def by_name(name):
+    for fmt in FORMATS:
+        if fmt.NAME == name:
+            return fmt
+    raise KeyError(name)
+
+
+def names():
+    return [fmt.NAME for fmt in FORMATS]
 
 
 def detect(path):
@@ -15,6 +53,46 @@ def detect(path):
     with open(path, 'rb') as f:
         head = f.read(HEAD_BYTES)
     for fmt in FORMATS:
-        if fmt.detect(head):
+        if fmt.detect(head, path):
             return fmt
     return None
+
+
+def check_hints(fmt, disk_format, container_format):
+    """UnsafeImage if Glance's formats say something else than the bytes."""
+    if disk_format and disk_format not in fmt.DISK_FORMATS:
+        raise UnsafeImage(
+            'its bytes are a %s image but Glance says disk_format=%s '
+            '(expected %s)' % (fmt.NAME, disk_format,
+                               ' or '.join(fmt.DISK_FORMATS)))
+    if container_format and container_format not in fmt.CONTAINER_FORMATS:
+        raise UnsafeImage(
+            'its bytes are a %s image but Glance says container_format=%s '
+            '(expected %s)' % (fmt.NAME, container_format,
+                               ' or '.join(fmt.CONTAINER_FORMATS)))
+
+
+def disk_formats(enabled):
+    """Glance disk formats that the enabled formats take."""
+    return sorted({d for fmt in FORMATS if fmt.NAME in enabled
+                   for d in fmt.DISK_FORMATS})
+
+
+def scratch(workdir, name):
+    """A fresh directory under ``workdir``, searchable by user namespaces."""
+    path = os.path.join(workdir, name)
+    os.mkdir(path, 0o711)
+    return path
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def unpack(name: str, archive: str, dest: str, uid: int, gid: int,
+           count: int, max_bytes: int, label: str, workdir: str) -> dict:
+    """Unpack ``archive`` as format ``name`` into ``dest`` (privileged).
+
+    ``dest`` and ``workdir`` are under the image cache (the caller's temp
+    directory); see the module docstring for the rest.
+    """
+    target = stream.Target(dest=dest, uid=uid, gid=gid, count=count,
+                           max_bytes=max_bytes, label=label)
+    return by_name(name).unpack(archive, target, workdir)

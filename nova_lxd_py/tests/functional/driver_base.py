@@ -137,15 +137,18 @@ class DriverTestCase(base.BaseTestCase):
         instance.trusted_certs = None
         return instance
 
-    def image_meta(self, image_id=BUSYBOX_IMAGE):
-        return objects.ImageMeta.from_dict({
-            'id': image_id, 'name': 'rootfs', 'status': 'active',
-            'disk_format': 'raw', 'container_format': 'bare'})
+    def image_meta(self, image_id=BUSYBOX_IMAGE, **glance):
+        """Glance's record of an image; ``glance`` overrides its fields."""
+        record = {'id': image_id, 'name': 'rootfs', 'status': 'active',
+                  'disk_format': 'raw', 'container_format': 'bare'}
+        record.update(glance)
+        return objects.ImageMeta.from_dict(record)
 
     def spawn(self, instance=None, image_id=BUSYBOX_IMAGE, power_on=True,
-              wait_boot=True):
+              wait_boot=True, **glance):
         instance = instance or self.make_instance()
-        self.driver.spawn(self.context, instance, self.image_meta(image_id),
+        self.driver.spawn(self.context, instance,
+                          self.image_meta(image_id, **glance),
                           [], None, {}, network_info=None,
                           power_on=power_on)
         if power_on and wait_boot:

@@ -1,0 +1,13 @@
+"""Placeholder while this format is being written (issue 4)."""
+
+NAME = 'qcow2'
+DISK_FORMATS = ()
+CONTAINER_FORMATS = ()
+
+
+def detect(head, path):
+    return False
+
+
+def unpack(archive, target, workdir):
+    raise NotImplementedError(NAME)
