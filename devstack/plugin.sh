@@ -16,7 +16,8 @@ set +o xtrace
 # [lxc] options of nova_lxd_py/conf.py, each set from NOVA_LXD_PY_<OPTION>.
 NOVA_LXD_PY_LXC_OPTIONS="container_path image_cache_path root_disk_backend
 idmap_user idmap_size allow_privileged allow_nesting pids_max lxcfs_path
-seccomp_profile console_log_size_kb start_timeout soft_reboot_timeout"
+seccomp_profile console_log_size_kb image_formats max_unpacked_image_gb
+start_timeout soft_reboot_timeout"
 
 
 # Helpers

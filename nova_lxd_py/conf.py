@@ -80,6 +80,27 @@ OPTS = [
         help='Size in KiB at which a container console log is rotated (one '
              'rotated file is kept). The console-output API returns at most '
              'the last 100 KiB.'),
+    cfg.ListOpt(
+        'image_formats',
+        default=['qcow2', 'raw', 'squashfs', 'lxd', 'oci', 'tarball'],
+        item_type=cfg.types.String(choices=[
+            'qcow2', 'raw', 'squashfs', 'lxd', 'oci', 'tarball']),
+        help='Image formats this host turns into root file systems: qcow2 '
+             'and raw disk images (partitioned or a bare ext4/xfs/btrfs; '
+             'read through a read-only kernel mount in a private mount '
+             'namespace), squashfs, LXD/Incus images, OCI layouts and '
+             'docker-save archives, and root file system tarballs. The '
+             'disk_format capabilities reported to placement follow this '
+             'list. Leave out raw and qcow2 if Glance users are untrusted '
+             'and you would rather not have the host kernel parse their '
+             'file systems.'),
+    cfg.IntOpt(
+        'max_unpacked_image_gb',
+        default=64, min=1,
+        help='Largest root file system (GiB of file data) an image may '
+             'unpack to. The flavor\'s root disk, when smaller, is the limit '
+             'instead; an image over it is refused while unpacking, so a '
+             'decompression bomb stops there.'),
     cfg.IntOpt(
         'start_timeout',
         default=30, min=1,

@@ -16,7 +16,10 @@ LXCFS_LOG=/var/log/nova-lxd-py-lxcfs.log
 SUBID_START=100000
 SUBID_COUNT=65536
 PACKAGES=(lxc lxc-dev lxcfs busybox-static uidmap procps iproute2
-          pkg-config gcc git)
+          pkg-config gcc git
+          # image conversion: decompressors, squashfs, disk images
+          tar gzip xz-utils zstd bzip2 squashfs-tools qemu-utils util-linux
+          mount fdisk e2fsprogs xfsprogs btrfs-progs)
 
 log() { echo "setup-host: $*"; }
 

@@ -118,6 +118,21 @@ def instance_names(prefix: str) -> list:
 
 
 @privsep.sys_admin_pctxt.entrypoint
+def rootfs_paths() -> list:
+    """``lxc.rootfs.path`` of every defined container."""
+    paths = []
+    for name in lxc.list_containers(config_path=CONF.lxc.container_path):
+        try:
+            with open(os.path.join(container_dir(name), CONFIG_FILE)) as f:
+                paths += [line.split('=', 1)[1].strip() for line in f
+                          if line.split('=', 1)[0].strip() ==
+                          'lxc.rootfs.path']
+        except (OSError, ValueError):
+            continue
+    return paths
+
+
+@privsep.sys_admin_pctxt.entrypoint
 def stop(name: str) -> bool:
     """Kill the container at once; True if it is stopped afterwards."""
     c = _container(name)

@@ -23,6 +23,7 @@ from nova_lxd_py import conf
 from nova_lxd_py import exception
 from nova_lxd_py.privsep import fs
 from nova_lxd_py.storage import backends
+from nova_lxd_py.storage import formats
 from nova_lxd_py.storage import images
 from nova_lxd_py.virt import config
 from nova_lxd_py.virt import container
@@ -55,15 +56,32 @@ def power_state_for(lxc_state, suspended):
     return state
 
 
+def image_capabilities(enabled):
+    """supports_image_type_* for the Glance disk formats we unpack.
+
+    Tarballs, squashfs, LXD and OCI images are all disk_format=raw; qcow2
+    only when the qcow2 format is enabled. Placement filters on these.
+    """
+    taken = formats.disk_formats(enabled)
+    return {'supports_image_type_%s' % name: name in taken
+            for name in ('aki', 'ami', 'ari', 'iso', 'qcow2', 'raw', 'vdi',
+                         'vhd', 'vhdx', 'vmdk', 'ploop')}
+
+
 class LXCDriver(driver.ComputeDriver):
     capabilities = dict(
         driver.ComputeDriver.capabilities,
-        # Rootfs tarballs are uploaded to Glance as disk_format=raw.
-        supports_image_type_raw=True,
+        has_imagecache=True,
+        # Nova's verified download checks the signature against the
+        # instance's trusted certificates before we unpack anything.
+        supports_trusted_certs=True,
+        **image_capabilities(formats.names()),
     )
 
     def __init__(self, virtapi):
         super().__init__(virtapi)
+        self.capabilities = dict(
+            self.capabilities, **image_capabilities(CONF.lxc.image_formats))
         self._nodename = CONF.host
         self._images = images.ImageCache(CONF.lxc.image_cache_path)
         self._backend = backends.get(CONF.lxc.root_disk_backend)
@@ -184,7 +202,8 @@ class LXCDriver(driver.ComputeDriver):
             instance.flavor.extra_specs, CONF.lxc.allow_privileged,
             CONF.lxc.allow_nesting)
         idmap = None if security.privileged else host.idmap()
-        image = self._images.get(context, instance, image_meta, idmap)
+        image = self._images.get(context, instance, image_meta, idmap,
+                                 max_bytes=instance.flavor.root_gb << 30)
         try:
             self._define(instance, image, idmap, security)
             if power_on:
@@ -242,6 +261,27 @@ class LXCDriver(driver.ComputeDriver):
                 destroy_secrets=True):
         if destroy_disks:
             self._remove(instance)
+
+    # -- image cache -------------------------------------------------------
+
+    def cache_image(self, context, image_id):
+        """Aggregate image pre-caching: unpack for unprivileged guests."""
+        _, fetched = self._images.ensure(context, image_id, host.idmap(), 0)
+        return fetched
+
+    def manage_image_cache(self, context, all_instances):
+        """Remove cache entries that no instance or container uses."""
+        if not CONF.image_cache.remove_unused_base_images:
+            return
+        used_images = {i.image_ref for i in all_instances
+                       if i.image_ref and not i.deleted}
+        used_paths = {backends.image_of(path)
+                      for path in container.rootfs_paths()}
+        removed = self._images.remove_unused(
+            used_images, used_paths,
+            CONF.image_cache.remove_unused_original_minimum_age_seconds)
+        if removed:
+            LOG.info('Image cache: removed %d unused entries', len(removed))
 
     # -- power -------------------------------------------------------------
 

@@ -18,3 +18,14 @@ BACKENDS = {overlay.OverlayBackend.name: overlay.OverlayBackend}
 
 def get(name):
     return BACKENDS[name]()
+
+
+def image_of(rootfs_path):
+    """The cached image tree an ``lxc.rootfs.path`` value is built on.
+
+    For overlay (``overlay:<image>:<upper>``) the lower layer; a container
+    with a root of its own uses no cached tree (None).
+    """
+    if rootfs_path.startswith('overlay:'):
+        return rootfs_path.split(':')[1]
+    return None

@@ -19,7 +19,6 @@ outside the guest's range, and a tree larger than the cap.
 import dataclasses
 import os
 import queue
-import shutil
 import struct
 import subprocess
 import tarfile
@@ -516,4 +515,3 @@ def run(argv, what, **kw):
             what, err.splitlines()[-1] if err else
             'exit status %d' % proc.returncode))
     return proc.stdout
-

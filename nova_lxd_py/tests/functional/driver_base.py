@@ -1,8 +1,10 @@
 """Shared base for the driver tests on real unprivileged liblxc containers.
 
 The driver class is driven directly, the way the compute manager calls it.
-The one seam is the Glance download, ``nova.virt.images.fetch``: it copies a
-local tarball (a busybox guest built by ``fixtures.guest_tarball``).
+The one seam is Nova's Glance client, ``nova.image.glance.API``: its
+``get`` returns a record with the image's sha512 (as Glance's multihash),
+its ``download`` writes a local file's bytes (a busybox guest built by
+``fixtures.guest_tarball`` unless a test adds its own image).
 
 Base class: oslotest's, not ``nova.test.NoDBTestCase``. Nova's test base
 installs poison fixtures that make ``os.uname`` raise and refuse reads under
@@ -10,6 +12,8 @@ installs poison fixtures that make ``os.uname`` raise and refuse reads under
 these tests exist to exercise the real host, so they get a base that lets
 them. Nova's objects and concurrency mode come from ``nova.tests.unit``.
 """
+import functools
+import hashlib
 import os
 
 # Native threads, as nova-compute runs; must precede any eventlet import.
@@ -25,6 +29,7 @@ import time  # noqa: E402
 
 import fixtures  # noqa: E402
 from nova import context as nova_context  # noqa: E402
+from nova import exception as nova_exception  # noqa: E402
 from nova import objects  # noqa: E402
 from nova.tests.unit import fake_instance  # noqa: E402
 from nova.virt import fake  # noqa: E402
@@ -65,6 +70,15 @@ def host_uid(pid):
     raise AssertionError('no Uid line for pid %d' % pid)
 
 
+@functools.lru_cache(maxsize=None)
+def file_sha512(path):
+    digest = hashlib.sha512()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 class DriverTestCase(base.BaseTestCase):
     """A driver over a private instances_path; every container it started
     is killed and removed after the test, pass or fail."""
@@ -92,9 +106,13 @@ class DriverTestCase(base.BaseTestCase):
         self.flags(group='lxc', soft_reboot_timeout=20)
         if self._shared_cache:
             self.flags(group='lxc', image_cache_path=self._shared_cache)
-        self.fetch = self.useFixture(fixtures.MockPatch(
-            'nova.virt.images.fetch', autospec=True,
-            side_effect=self._fetch)).mock
+        # Glance records by image id, over the defaults of _glance_get.
+        self.glance_records = {}
+        glance_api = self.useFixture(fixtures.MockPatch(
+            'nova.image.glance.API', autospec=True)).mock.return_value
+        glance_api.get.side_effect = self._glance_get
+        glance_api.download.side_effect = self._glance_download
+        self.fetch = glance_api.download
         self.driver = driver.LXCDriver(fake.FakeVirtAPI())
         self.driver.init_host(NODE)
         self.context = nova_context.get_admin_context()
@@ -118,12 +136,27 @@ class DriverTestCase(base.BaseTestCase):
     def flags(self, group=None, **kw):
         self.conf.config(group=group, **kw)
 
-    def _fetch(self, context, image_href, path, trusted_certs=None):
-        # What nova.virt.images.fetch does: write the image's bytes to path.
-        source = self.images[image_href]
+    def _glance_get(self, context, image_id, include_locations=False,
+                    show_deleted=True):
+        if image_id not in self.images:
+            raise nova_exception.ImageNotFound(image_id=image_id)
+        source = self.images[image_id]
+        record = {'id': image_id, 'status': 'active', 'disk_format': 'raw',
+                  'container_format': 'bare'}
+        if isinstance(source, str):   # callables are read at download
+            record.update(os_hash_algo='sha512',
+                          os_hash_value=file_sha512(source))
+        record.update(self.glance_records.get(image_id, {}))
+        return record
+
+    def _glance_download(self, context, image_id, data=None, dest_path=None,
+                         trusted_certs=None):
+        # What Glance's client does with ``data``: write the bytes to it.
+        source = self.images[image_id]
         if callable(source):
             source = source()
-        shutil.copyfile(source, path)
+        with open(source, 'rb') as f:
+            shutil.copyfileobj(f, data, 1 << 20)
 
     # -- helpers -----------------------------------------------------------
 

@@ -239,6 +239,61 @@ class ImageCacheTest(DriverTestCase):
         for instance in (first, second):
             self.assertEqual(power_state.RUNNING, self.state(instance))
 
+    def test_cache_entry_named_by_image_hash_and_id_range(self):
+        self.spawn()
+        digest = self.driver._images._glance.get(
+            self.context, BUSYBOX_IMAGE)['os_hash_value']
+        idmap = host.idmap()
+        self.assertEqual(['%s.%s.u%dg%d' % (BUSYBOX_IMAGE, digest[:16],
+                                            idmap.uid_start,
+                                            idmap.gid_start)],
+                         self.cache_entries())
+
+    def test_cache_image_precaches_for_spawn(self):
+        # Nova's aggregate image pre-caching calls this on each host.
+        self.assertTrue(self.driver.cache_image(self.context, BUSYBOX_IMAGE))
+        self.assertFalse(self.driver.cache_image(self.context,
+                                                 BUSYBOX_IMAGE))
+        self.spawn()
+        self.assertEqual(1, self.fetch.call_count)
+
+    def test_manage_image_cache_removes_only_unused_entries(self):
+        other = uuidsentinel.other_image
+        self.images[other] = lxc_fixtures.guest_tarball('other-image')
+        first = self.spawn()
+        self.driver.cache_image(self.context, other)
+        self.assertEqual(2, len(self.cache_entries()))
+        self.flags(group='image_cache',
+                   remove_unused_original_minimum_age_seconds=0)
+        # Nova lists no instance: the container's own config keeps its
+        # image, and it keeps running.
+        self.driver.manage_image_cache(self.context, [])
+        self.assertEqual([BUSYBOX_IMAGE], [
+            n.split('.')[0] for n in self.cache_entries()])
+        self.assertEqual('booted', self.run_in_guest(
+            first, 'sh', '-c', 'test -x /bin/busybox && echo booted').strip())
+        self.driver.destroy(self.context, first, None)
+        self.driver.manage_image_cache(self.context, [])
+        self.assertEqual([], self.cache_entries())
+
+    def test_manage_image_cache_keeps_young_and_listed_entries(self):
+        other = uuidsentinel.other_image
+        self.images[other] = lxc_fixtures.guest_tarball('other-image')
+        self.driver.cache_image(self.context, other)
+        self.driver.cache_image(self.context, BUSYBOX_IMAGE)
+        # Nova's default minimum age (a day): nothing is old enough.
+        self.driver.manage_image_cache(self.context, [])
+        self.assertEqual(2, len(self.cache_entries()))
+        self.flags(group='image_cache',
+                   remove_unused_original_minimum_age_seconds=0)
+        listed = objects.Instance(image_ref=other, deleted=False)
+        self.driver.manage_image_cache(self.context, [listed])
+        self.assertEqual([other], [
+            n.split('.')[0] for n in self.cache_entries()])
+        self.flags(group='image_cache', remove_unused_base_images=False)
+        self.driver.manage_image_cache(self.context, [])
+        self.assertEqual(1, len(self.cache_entries()))
+
     def test_concurrent_spawns_fetch_once(self):
         tarball = self.images[BUSYBOX_IMAGE]
 

@@ -1,6 +1,7 @@
 """Hostile and bad input to LXCDriver on real containers (run as root):
 clear Nova errors and nothing left behind; see driver_base."""
 import os
+import subprocess
 
 # Native threads, as nova-compute runs; must precede any eventlet import.
 os.environ.setdefault('OS_NOVA_DISABLE_EVENTLET_PATCHING', '1')
@@ -72,20 +73,60 @@ class BadInputTest(DriverTestCase):
                                                  'secret')).st_nlink)
         self.assertNotIn(instance.uuid, self.driver.list_instance_uuids())
 
-    def assert_refused(self, image_id, *reasons):
+    def assert_refused(self, image_id, *reasons, **glance):
         instance = self.make_instance()
         e = self.assertRaises(nova_exception.ImageUnacceptable, self.spawn,
-                              instance, image_id)
+                              instance, image_id, **glance)
         for reason in reasons:
             self.assertIn(reason, str(e))
         self.assert_nothing_left(instance)
 
-    def test_spawn_non_tarball_refused(self):
-        path = os.path.join(self.files, 'disk.qcow2')
+    def test_spawn_unknown_bytes_refused(self):
+        path = os.path.join(self.files, 'notes.txt')
         with open(path, 'wb') as f:
-            f.write(b'QFI\xfb\x00\x00\x00\x03' + b'\x00' * 4096)
-        self.assert_refused(self.add_image('qcow2', path),
-                            'not a root file system tarball')
+            f.write(b'this is not an image\n' * 1000)
+        self.assert_refused(self.add_image('text', path),
+                            'none of the formats this driver takes')
+
+    def test_spawn_checksum_mismatch_refused(self):
+        image_id = self.add_image('altered', self.images[BUSYBOX_IMAGE])
+        self.glance_records[image_id] = {'os_hash_algo': 'sha512',
+                                         'os_hash_value': 'ab' * 64}
+        self.assert_refused(image_id, "do not match Glance's sha512")
+
+    def test_spawn_format_hint_mismatch_refused(self):
+        image_id = self.add_image('hint', self.images[BUSYBOX_IMAGE])
+        self.assert_refused(image_id, 'tarball image', 'disk_format=qcow2',
+                            disk_format='qcow2')
+        self.assert_refused(image_id, 'tarball image',
+                            'container_format=docker',
+                            container_format='docker')
+
+    def test_spawn_disabled_format_refused(self):
+        self.flags(group='lxc', image_formats=['qcow2', 'raw'])
+        self.assert_refused(self.add_image('off', self.images[BUSYBOX_IMAGE]),
+                            'this host does not take',
+                            'image_formats = qcow2, raw')
+
+    def test_spawn_decompression_bomb_stops_at_root_disk(self):
+        # 1.1 GiB of zeros in about a megabyte of zstd, for a 1 GB disk.
+        path = os.path.join(self.files, 'bomb.tar.zst')
+        size = 1100 << 20
+        info = tarfile.TarInfo('zeros')
+        info.size = size
+        with open(path, 'wb') as out:
+            zstd = subprocess.Popen(['zstd', '-q', '-1', '-c'],
+                                    stdin=subprocess.PIPE, stdout=out)
+            zstd.stdin.write(info.tobuf(tarfile.GNU_FORMAT))
+            block = bytes(1 << 20)
+            for _ in range(size >> 20):
+                zstd.stdin.write(block)
+            zstd.stdin.write(bytes(1024))
+            zstd.stdin.close()
+            self.assertEqual(0, zstd.wait())
+        self.assertLess(os.path.getsize(path), 2 << 20)
+        self.assert_refused(self.add_image('bomb', path),
+                            'unpacks to more than 1024 MiB')
 
     def test_spawn_truncated_tarball_refused(self):
         path = os.path.join(self.files, 'cut.tar.gz')
@@ -93,7 +134,8 @@ class BadInputTest(DriverTestCase):
             data = f.read()
         with open(path, 'wb') as f:
             f.write(data[:len(data) // 2])
-        self.assert_refused(self.add_image('cut', path), 'could not unpack')
+        self.assert_refused(self.add_image('cut', path),
+                            'corrupt or truncated')
 
     def test_spawn_tarball_without_init_refused(self):
         self.assert_refused(
