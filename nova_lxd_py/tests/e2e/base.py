@@ -7,6 +7,7 @@ server is a real container under a private ``instances_path``.
 """
 
 import functools
+import hashlib
 import importlib
 import io
 import os
@@ -118,14 +119,21 @@ class ContainerTestBase(integrated_helpers._IntegratedTestBase):
 
     # -- Glance and flavors ----------------------------------------------
 
-    def _create_container_image(self, data, name='busybox'):
-        """Upload rootfs bytes to the Glance fixture; return the image id."""
+    def _create_container_image(self, data, name='busybox',
+                                disk_format='raw', container_format='bare'):
+        """Upload image bytes to the Glance fixture; return the image id.
+
+        The record carries the sha512 multihash real Glance computes, which
+        the driver checks the download against.
+        """
         meta = {
             'name': name,
             'status': 'active',
             'visibility': 'public',
-            'container_format': 'bare',
-            'disk_format': 'raw',
+            'container_format': container_format,
+            'disk_format': disk_format,
+            'os_hash_algo': 'sha512',
+            'os_hash_value': hashlib.sha512(data).hexdigest(),
             'size': len(data),
             'min_ram': 0,
             'min_disk': 0,

@@ -75,8 +75,10 @@ REQUIREMENTS = {
     'operation.disk-rate-limit': [TODO],
     # images
     'operation.image-rootfs-tarball': [
-        'spawn', 'format:tar', 'capability:supports_image_type_raw'],
-    'operation.image-disk': ['format:disk'],
+        'spawn', 'format:tarball', 'capability:supports_image_type_raw'],
+    'operation.image-disk': ['format:raw', 'format:qcow2',
+                             'capability:supports_image_type_raw',
+                             'capability:supports_image_type_qcow2'],
     'operation.image-squashfs': ['format:squashfs'],
     'operation.image-lxd': ['format:lxd'],
     'operation.image-oci': ['format:oci'],
