@@ -101,6 +101,14 @@ OPTS = [
              'unpack to. The flavor\'s root disk, when smaller, is the limit '
              'instead; an image over it is refused while unpacking, so a '
              'decompression bomb stops there.'),
+    cfg.StrOpt(
+        'oci_init',
+        default='',
+        help='Host path of a static init (e.g. /bin/busybox from Debian\'s '
+             'busybox-static) copied in as /sbin/init of OCI images and '
+             'docker-save archives that have none, so that an application '
+             'image can boot as a system container; the image\'s entrypoint '
+             'is not run. Empty: such images are refused.'),
     cfg.IntOpt(
         'start_timeout',
         default=30, min=1,

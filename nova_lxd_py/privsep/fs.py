@@ -41,3 +41,24 @@ def remove_tree(path: str) -> None:
 @privsep.sys_admin_pctxt.entrypoint
 def rename(src: str, dst: str) -> None:
     os.rename(_owned(src), _owned(dst))
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def write_file(path: str, data: bytes, uid: int, gid: int,
+               mode: int) -> None:
+    """Create or replace one regular file owned by uid:gid.
+
+    The last component is never followed if it is a symlink (O_NOFOLLOW);
+    ``_owned`` has resolved the others inside our directories.
+    """
+    path = _owned(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                 mode & 0o7777)
+    try:
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode & 0o7777)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)

@@ -24,6 +24,7 @@ from nova_lxd_py import exception
 from nova_lxd_py.privsep import fs
 from nova_lxd_py.storage import backends
 from nova_lxd_py.storage import formats
+from nova_lxd_py.storage.formats import lxd
 from nova_lxd_py.storage import images
 from nova_lxd_py.virt import config
 from nova_lxd_py.virt import container
@@ -218,13 +219,15 @@ class LXCDriver(driver.ComputeDriver):
         cdir = container.container_dir(instance.uuid)
         owner = (idmap.uid_start, idmap.gid_start) if idmap else (0, 0)
         rootfs = self._backend.create(cdir, image.rootfs, *owner)
+        hostname = config.guest_hostname(instance.hostname, 'instance')
+        self._render_templates(cdir, image, owner, hostname, instance)
         limits = config.limits_from_flavor(
             instance.flavor, host.cpus(), CONF.lxc.pids_max, instance.uuid)
         seccomp = CONF.lxc.seccomp_profile
         text = config.build(
             instance_name=instance.name,
-            hostname=config.guest_hostname(instance.hostname, 'instance'),
-            rootfs=rootfs, idmap=idmap, security=security, limits=limits,
+            hostname=hostname, rootfs=rootfs, idmap=idmap,
+            security=security, limits=limits,
             cgroup_version=self._cgroup_version or host.cgroup_version(),
             init_kind=image.init_kind,
             console_log=os.path.join(cdir, container.CONSOLE_LOG),
@@ -234,6 +237,50 @@ class LXCDriver(driver.ComputeDriver):
             seccomp_profile=seccomp if seccomp and os.path.exists(seccomp)
             else '')
         container.define(instance.uuid, text)
+
+    def _render_templates(self, cdir, image, owner, hostname, instance):
+        """Write an LXD image's create/start templates into the new root.
+
+        Rendered once, before the first start, into the backend's writable
+        layer (a fresh directory, so nothing the guest made is followed).
+        A template whose directory is not a plain directory in the image is
+        skipped with a warning rather than written through a link.
+        """
+        templates = image.meta.get('templates') or {}
+        top = self._backend.writable_root(cdir)
+        for guest_path, spec in sorted(templates.items()):
+            parts = [p for p in guest_path.split('/') if p not in ('', '.')]
+            if not parts or '..' in parts:
+                continue
+            made = self._template_dirs(image.rootfs, top, parts[:-1])
+            lower = os.path.join(image.rootfs, *parts)
+            if not made or os.path.islink(lower) or (
+                    os.path.lexists(lower) and not os.path.isfile(lower)):
+                LOG.warning('LXD template for %s skipped: the image has a '
+                            'link or a non-file on its path', guest_path,
+                            instance=instance)
+                continue
+            mode = os.lstat(lower).st_mode & 0o7777 \
+                if os.path.lexists(lower) else 0o644
+            text = lxd.render(spec['template'], {
+                'container': {'name': hostname},
+                'instance': {'name': hostname},
+                'properties': spec.get('properties') or {}})
+            fs.write_file(os.path.join(top, *parts), text.encode(), *owner,
+                          mode)
+
+    @staticmethod
+    def _template_dirs(image_root, top, parts):
+        """Mirror the image's directories ``parts`` in ``top``; False if
+        one of them is a link or not a directory in the image."""
+        for i in range(1, len(parts) + 1):
+            lower = os.path.join(image_root, *parts[:i])
+            if os.path.islink(lower) or not os.path.isdir(lower):
+                return False
+            st = os.lstat(lower)
+            fs.make_dir(os.path.join(top, *parts[:i]), st.st_uid, st.st_gid,
+                        st.st_mode & 0o7777)
+        return True
 
     def _start(self, instance):
         started, log = container.start(instance.uuid,

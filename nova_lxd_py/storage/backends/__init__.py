@@ -6,6 +6,9 @@ container. Its interface:
 ``create(container_dir, image_rootfs, uid, gid) -> str``
     Prepare the container's root and return the ``lxc.rootfs.path`` value.
     ``uid``/``gid`` are the host ids of the guest's root.
+``writable_root(container_dir) -> str``
+    Host directory where a file written before the first start shows in
+    the guest's root (LXD templates are rendered there).
 ``destroy(container_dir)``
     Release anything ``create`` made outside ``container_dir`` (the
     directory itself is removed by the caller).

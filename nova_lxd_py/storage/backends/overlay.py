@@ -24,5 +24,9 @@ class OverlayBackend:
             fs.make_dir(sub, uid, gid, 0o755)
         return 'overlay:%s:%s' % (image_rootfs, upper)
 
+    def writable_root(self, container_dir):
+        """Host directory whose files the guest sees over the image's."""
+        return os.path.join(container_dir, 'upper')
+
     def destroy(self, container_dir):
         pass
