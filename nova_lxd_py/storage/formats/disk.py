@@ -162,8 +162,9 @@ def _no_root(found, notes):
 def _find_root(mnts, candidates, notes):
     """((part, fs), subdirectory, kernels) of the first root found.
 
-    ``kernels`` maps partition numbers to the kernel files seen at their
-    top or in their /boot; ``notes`` gets what was wrong with the others.
+    ``kernels`` maps partition numbers to the kernel files seen at the top
+    or in /boot of their tree (of their root subvolume if they have one);
+    ``notes`` gets what was wrong with the others.
     """
     kernels = {}
     root = sub = None
@@ -173,8 +174,8 @@ def _find_root(mnts, candidates, notes):
             notes[part.number] = '%s, mount failed: %s' % (fs.type, error)
             continue
         top = mnts.inside(mnts.dirs[part.number])
-        kernels[part.number] = _kernels(top)
         where = _root_subdir(top, fs.type)
+        kernels[part.number] = _kernels(os.path.join(top, where or ''))
         if where is None:
             notes[part.number] = '%s, no %s' % (fs.type,
                                                 ' or '.join(ROOT_MARKERS))
@@ -188,8 +189,8 @@ def _warnings(found, root, kernels):
     warnings = []
     names = kernels.get(root.number)
     if names:
-        warnings.append('the kernel in its /boot (%s) is not used: a '
-                        "container runs on the host's kernel"
+        warnings.append('the kernel in its root file system (%s) is not '
+                        "used: a container runs on the host's kernel"
                         % ', '.join(names))
     for part, fs in found:
         if part is root:
@@ -355,7 +356,7 @@ class _Mounts:
             if word == 'mounted' and key in keys:
                 self.errors[keys[key]] = None
             elif word == 'failed' and key in keys:
-                self.errors[keys[key]] = error.strip() or 'failed'
+                self.errors[keys[key]] = ' '.join(error.split()) or 'failed'
             else:
                 other.append(raw.decode('utf-8', 'replace').strip())
         raise stream.UnsafeImage('mounting its file systems failed: %s' % (

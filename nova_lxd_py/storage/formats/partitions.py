@@ -2,7 +2,7 @@
 
 Pure Python on the image's bytes: nothing here asks the kernel, so a
 hostile image is judged before any of it reaches a loop device or a file
-system driver. Read are MBR primary partitions and GPT; the logical
+system driver. MBR primary partitions and GPT are read; the logical
 partitions inside an MBR extended partition are not (they are reported so
 that the caller can say so). Every partition must lie inside the image: a
 table that points past its end is a truncated or corrupt image and is
