@@ -38,7 +38,7 @@ from oslo_log import log as logging
 from nova_lxd_py import conf
 from nova_lxd_py.storage.formats import stream
 from nova_lxd_py.storage.formats import tar as tarball
-from nova_lxd_py.storage import images
+from nova_lxd_py.storage import rootfs
 
 LOG = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def detect(head, path):
 
 def _file(root, rel, what):
     """Host path of regular file ``rel`` of the unpacked archive."""
-    path = images.resolve_in_root(root, rel)
+    path = rootfs.resolve_in_root(root, rel)
     try:
         if path is not None and stat.S_ISREG(os.lstat(path).st_mode):
             return path
@@ -479,7 +479,9 @@ def _apply_whiteouts(layer, dest, whiteouts):
         if upper is None or not os.path.lexists(
                 os.path.join(upper, marker)):
             continue               # listed twice, or under a replaced dir
+        st = os.lstat(upper)       # the layer's times, for the merge
         _remove(os.path.join(upper, marker))
+        os.utime(upper, ns=(st.st_atime_ns, st.st_mtime_ns))
         lower = _real_dir(dest, parent)
         if marker == OPAQUE:
             if lower is not None:
@@ -568,7 +570,7 @@ def _flatten(image, target, workdir):
 
 def _guest_dir(root, guest_path, uid, gid):
     """Host path of a guest directory, made (guest-owned) if missing."""
-    path = images.resolve_in_root(root, guest_path)
+    path = rootfs.resolve_in_root(root, guest_path)
     if path is None:
         raise UnsafeImage('its %s is a symlink loop' % guest_path)
     here = root
@@ -592,7 +594,7 @@ def _ensure_init(target):
     guest's tree. A copy goes in as a file of the guest's root, never
     through a link; a dangling /sbin/init link is replaced.
     """
-    init = images.resolve_in_root(target.dest, '/sbin/init')
+    init = rootfs.resolve_in_root(target.dest, '/sbin/init')
     if init is not None and os.path.isfile(init):
         return False
     source = conf.CONF.lxc.oci_init

@@ -20,7 +20,6 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import platform
 import subprocess
 import tarfile
@@ -272,4 +271,23 @@ def write_docker_save(path, marker, with_init=True):
                   'Layers': layer_paths}]).encode()),
               ('repositories', json.dumps(
                   {'nova-lxd-py/test': {'latest': parent}}).encode())]
+    return write_archive(path, files)
+
+
+def write_docker25_save(path, marker, with_index=True):
+    """``docker save`` of docker 25 and later: an OCI layout (layers
+    uncompressed, an empty one between the two) whose manifest.json names
+    the blobs; ``with_index=False`` drops index.json and oci-layout, as
+    tools that write only the docker-save side do."""
+    layers = two_layers(marker, compressions=('', ''))
+    layers.insert(1, ([], ''))
+    blobs = Blobs()
+    manifest = add_image(blobs, layers)
+    body = json.loads(blobs.data[manifest['digest']])
+    files = layout_files(blobs, [manifest]) if with_index else blobs.files()
+    files.append(('manifest.json', json.dumps([{
+        'Config': 'blobs/sha256/' + body['config']['digest'][7:],
+        'RepoTags': ['nova-lxd-py/test:latest'],
+        'Layers': ['blobs/sha256/' + layer['digest'][7:]
+                   for layer in body['layers']]}]).encode()))
     return write_archive(path, files)
