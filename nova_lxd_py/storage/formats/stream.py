@@ -198,8 +198,12 @@ def _tar_x(target, prefix):
 
 
 def _stderr(proc):
-    err = proc.stderr.read().decode(errors='replace').strip()
-    return err.splitlines()[-1] if err else 'exit status %s' % proc.returncode
+    """The first error a tool printed (GNU tar ends with a summary line
+    that says nothing); its exit status if it printed nothing."""
+    lines = [line for line in proc.stderr.read().decode(
+        errors='replace').splitlines()
+        if line.strip() and 'Exiting with failure status' not in line]
+    return lines[0].strip() if lines else 'exit status %s' % proc.returncode
 
 
 def _kill(*procs):

@@ -120,8 +120,24 @@ class InitKindTest(base.BaseTestCase):
 
 class EntryNameTest(base.BaseTestCase):
 
-    def test_entry_name_per_id_range(self):
-        cache = images.ImageCache('/cache')
-        self.assertEqual('img.u100000g200000', cache.entry_name(
-            'img', config.IdMap(100000, 200000, 65536)))
-        self.assertEqual('img.privileged', cache.entry_name('img', None))
+    def test_entry_name_per_hash_and_id_range(self):
+        digest = 'ab12' * 32
+        self.assertEqual('img.ab12ab12ab12ab12.u100000g200000',
+                         images.ImageCache.entry_name(
+                             'img', digest,
+                             config.IdMap(100000, 200000, 65536)))
+        self.assertEqual('img.ab12ab12ab12ab12.privileged',
+                         images.ImageCache.entry_name('img', digest, None))
+        self.assertEqual('img.nohash.privileged',
+                         images.ImageCache.entry_name('img', None, None))
+
+    def test_expected_hash_prefers_multihash(self):
+        self.assertEqual(('sha512', 'ff'), images.expected_hash(
+            {'os_hash_algo': 'sha512', 'os_hash_value': 'FF',
+             'checksum': 'aa'}))
+        self.assertEqual(('md5', 'aa'), images.expected_hash(
+            {'os_hash_algo': None, 'checksum': 'aa'}))
+        self.assertEqual(('md5', 'aa'), images.expected_hash(
+            {'os_hash_algo': 'no-such-algo', 'os_hash_value': 'ff',
+             'checksum': 'aa'}))
+        self.assertEqual((None, None), images.expected_hash({}))
