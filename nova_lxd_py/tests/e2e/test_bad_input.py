@@ -32,12 +32,12 @@ class BadBuildTest(base.ContainerTestBase):
         self.assertHostClean(uuid)
         return server['fault']['message']
 
-    def test_image_that_is_not_a_tarball(self):
+    def test_image_of_no_known_format(self):
         data = random.Random(1).randbytes(64 * 1024)
         message = self._boot_expecting_fault(
             self._create_container_image(data, name='random-bytes'))
-        self.assertIn('is unacceptable: it is not a root file system '
-                      'tarball', message)
+        self.assertIn('is unacceptable: its bytes are none of the formats',
+                      message)
 
     def test_image_without_sbin_init(self):
         message = self._boot_expecting_fault(
