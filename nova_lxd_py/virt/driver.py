@@ -262,10 +262,16 @@ class LXCDriver(driver.ComputeDriver):
                 continue
             mode = os.lstat(lower).st_mode & 0o7777 \
                 if os.path.lexists(lower) else 0o644
-            text = lxd.render(spec['template'], {
-                'container': {'name': hostname},
-                'instance': {'name': hostname},
-                'properties': spec.get('properties') or {}})
+            try:
+                text = lxd.render(spec['template'], {
+                    'container': {'name': hostname},
+                    'instance': {'name': hostname},
+                    'properties': spec.get('properties') or {}})
+            except lxd.TemplateError as e:
+                LOG.warning('LXD template for %(path)s skipped: %(err)s',
+                            {'path': guest_path, 'err': e},
+                            instance=instance)
+                continue
             fs.write_file(os.path.join(top, *parts), text.encode(), *owner,
                           mode)
 

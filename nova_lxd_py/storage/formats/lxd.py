@@ -240,7 +240,9 @@ def _move_rootfs(rootfs, dest):
     try:
         st = os.lstat(rootfs)
     except FileNotFoundError:
-        raise stream.UnsafeImage('the LXD image has no rootfs/ directory')
+        raise stream.UnsafeImage('the LXD image has no rootfs/ directory '
+                                 '(LXD virtual-machine images are not '
+                                 'supported)')
     if not stat.S_ISDIR(st.st_mode):
         raise stream.UnsafeImage("the LXD image's rootfs is not a "
                                  'directory')
@@ -320,11 +322,12 @@ def _split_members(tar, target, workdir, in_place=None):
                     'and a squashfs, at its top level; %r is not one'
                     % info.name)
             data = tar.extractfile(info)
-            if data.read(4) == squashfs.MAGIC and rootfs is None:
-                rootfs = _squashfs_part(tar, info, data, target, workdir,
+            start = data.read(4)
+            if start == squashfs.MAGIC and rootfs is None:
+                rootfs = _squashfs_part(info, data, target, workdir,
                                         in_place)
             elif metadata is None:
-                metadata = _copy_out(data, info, b'', workdir, 'metadata',
+                metadata = _copy_out(data, info, start, workdir, 'metadata',
                                      METADATA_TARBALL_MAX)
             else:
                 raise stream.UnsafeImage(
@@ -334,13 +337,14 @@ def _split_members(tar, target, workdir, in_place=None):
         raise stream.UnsafeImage('the bundle is corrupt or truncated (%s)'
                                  % e)
     if rootfs is None or metadata is None:
-        raise stream.UnsafeImage('the split LXD image bundle has no %s'
-                                 % ('squashfs' if rootfs is None
-                                    else 'metadata tarball'))
+        raise stream.UnsafeImage(
+            'the split LXD image bundle has no %s'
+            % ('squashfs (LXD virtual-machine images are not supported)'
+               if rootfs is None else 'metadata tarball'))
     return rootfs, metadata
 
 
-def _squashfs_part(tar, info, data, target, workdir, in_place):
+def _squashfs_part(info, data, target, workdir, in_place):
     if in_place:
         return in_place, info.offset_data, info.size
     cap = target.max_bytes and target.max_bytes + SQUASHFS_SLACK
@@ -465,7 +469,7 @@ def parse_metadata(text):
         meta = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise stream.UnsafeImage('its metadata.yaml is not valid YAML (%s)'
-                                 % str(e).replace('\n', ' '))
+                                 % _yaml_error(e))
     if not isinstance(meta, dict):
         raise stream.UnsafeImage('its metadata.yaml is not a mapping')
     arch = meta.get('architecture')
@@ -479,6 +483,14 @@ def parse_metadata(text):
     return {'architecture': canonical_architecture(arch),
             'properties': _strings(meta.get('properties'), 'properties'),
             'templates': _templates(meta.get('templates'))}
+
+
+def _yaml_error(error):
+    mark = getattr(error, 'problem_mark', None)
+    if mark is None or not getattr(error, 'problem', None):
+        return str(error).replace('\n', ' ')
+    return '%s at line %d, column %d' % (error.problem, mark.line + 1,
+                                         mark.column + 1)
 
 
 def _string(value):

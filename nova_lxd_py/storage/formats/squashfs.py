@@ -5,9 +5,11 @@ lists every entry with its type, numeric owner and size from the metadata
 alone (fast: no file data is decompressed), and the listing is refused for
 the same reasons as a tar stream's members (see :mod:`stream`): names with
 ``..``, device nodes other than the standard character devices in /dev,
-ids outside the guest's range, a tree larger than the cap. The listing is
-read with an unguessable ``-d`` prefix, so a name holding a line break
-cannot forge a line: such a line does not parse and the image is refused.
+ids outside the guest's range, a tree larger than the cap (hard links
+count once per name: the listing does not tell them apart). The listing
+is read with an unguessable ``-d`` prefix, so a name or symlink target
+holding a line break cannot forge an entry: the line after the break does
+not parse, and the image is refused.
 
 The tree is then written by ``unsquashfs`` itself, run as the guest's root
 in a user namespace with the guest's id map: owners land shifted with no
@@ -62,9 +64,9 @@ _BYTES_USED = struct.Struct('<Q')
 Entry = collections.namedtuple(
     'Entry', 'kind path uid gid size major minor link')
 
-# One line of ``unsquashfs -lln -d PREFIX``: mode, uid/gid (printed with
-# %d: ids above 2**31 come out negative), size or major,minor, date, time,
-# then the path and, for a symlink, " -> target".
+# One line of ``unsquashfs -lln -d PREFIX``: mode, uid/gid (some versions
+# print them with %d: ids of 2**31 and more come out negative), size or
+# major,minor, date, time, then the path and, for a symlink, " -> target".
 _LINE = re.compile(
     r'(?P<kind>[-dlcbps])[-rwxsStT]{9} (?P<uid>-?\d+)/(?P<gid>-?\d+) +'
     r'(?:(?P<major>\d+), *(?P<minor>\d+)|(?P<size>\d+)) '
@@ -233,9 +235,10 @@ def _standard_device(entry):
 def _error(stderr):
     """The line of unsquashfs's errors that says what went wrong."""
     lines = stderr.decode(errors='replace').strip().splitlines()
-    for line in lines:
-        if 'FATAL ERROR' in line or 'failed' in line or 'corrupt' in line:
-            return line.replace('FATAL ERROR: ', '').strip()
+    for words in ('FATAL ERROR', 'failed', 'corrupt'):
+        for line in lines:
+            if words in line:
+                return line.replace('FATAL ERROR: ', '').strip()
     return lines[-1] if lines else 'no error message'
 
 
