@@ -17,6 +17,7 @@ outside the guest's range, and a tree larger than the cap.
 """
 
 import dataclasses
+import fcntl
 import os
 import queue
 import struct
@@ -30,6 +31,7 @@ from oslo_log import log as logging
 LOG = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+F_SETPIPE_SZ = getattr(fcntl, 'F_SETPIPE_SZ', 1031)
 PROGRESS_SECONDS = 10
 
 # (magic, argv of the decompressor reading stdin, name for messages)
@@ -197,6 +199,15 @@ def _tar_x(target, prefix):
     return target.userns(argv)
 
 
+def _widen_pipe(pipe):
+    """Let a whole chunk sit in the pipe: fewer wake-ups between the
+    checker and tar (the size is capped by /proc/sys/fs/pipe-max-size)."""
+    try:
+        fcntl.fcntl(pipe.fileno(), F_SETPIPE_SZ, CHUNK)
+    except OSError:
+        pass
+
+
 def _stderr(proc):
     """The first error a tool printed (GNU tar ends with a summary line
     that says nothing); its exit status if it printed nothing."""
@@ -247,8 +258,12 @@ def extract(target, archive=None, producer=None, prefix='', checker=None):
                 source = source_file
         tar = subprocess.Popen(_tar_x(target, prefix), stdin=subprocess.PIPE,
                                stderr=subprocess.PIPE)
+        _widen_pipe(tar.stdin)
         try:
-            _pump(source, tar, checker)
+            if source is source_file:
+                _pump_file(source, tar, checker)
+            else:
+                _pump(source, tar, checker)
         except BrokenPipeError:
             _kill(source_proc)
             tar.wait()
@@ -362,10 +377,26 @@ class _Scanner:
         self.ext = {}
         self.glob = {}
         self.done = False
+        self.fed = 0          # bytes fed so far
+        self.eof_at = None    # offset of the end-of-archive block
+
+    @property
+    def checked(self):
+        """Bytes from the start that were checked (or are checked data)."""
+        if self.done:
+            return self.eof_at
+        return self.fed - len(self.buf)
+
+    def jump(self):
+        """Pass over pending data without reading it; the bytes passed."""
+        n, self.skip = self.skip, 0
+        self.fed += n
+        return n
 
     def feed(self, chunk):
         if self.done:
             return
+        self.fed += len(chunk)
         if self.skip >= len(chunk):
             self.skip -= len(chunk)
             return
@@ -392,6 +423,7 @@ class _Scanner:
             return False
         if not any(buf[:tarfile.BLOCKSIZE]):
             self.done = True
+            self.eof_at = self.fed - len(buf)
             return False
         info = Member.frombuf(bytes(buf[:tarfile.BLOCKSIZE]))
         padded = -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
@@ -466,44 +498,124 @@ class _Scanner:
         return padded
 
 
+# Where the archive ends for GNU tar: two zero blocks. Bytes after the
+# first zero block are never checked, so they are never sent.
+END_OF_ARCHIVE = bytes(2 * tarfile.BLOCKSIZE)
+# Data runs longer than this are passed to tar without being read here.
+JUMP = 64 << 10
+
+
+def _writer(tar, source_fd):
+    """A thread feeding tar's stdin from a queue; (queue, errors, thread).
+
+    Items are bytes, or (offset, count) ranges of ``source_fd`` sent by the
+    kernel (sendfile: no copy through this process). None ends it.
+    """
+    items = queue.Queue(maxsize=16)
+    failed = []
+    out = tar.stdin.fileno()
+
+    def run():
+        try:
+            while True:
+                item = items.get()
+                if item is None:
+                    return
+                if isinstance(item, tuple):
+                    offset, count = item
+                    while count:
+                        n = os.sendfile(out, source_fd, offset, count)
+                        if not n:
+                            raise tarfile.ReadError('unexpected end of data')
+                        offset, count = offset + n, count - n
+                else:
+                    view = memoryview(item)
+                    while view:
+                        view = view[os.write(out, view):]
+        except BaseException as e:   # reported by the reader
+            failed.append(e)
+            while items.get() is not None:
+                pass
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return items, failed, thread
+
+
+def _stop(items, thread):
+    items.put(None)
+    thread.join()
+
+
+def _finish(items, failed, thread, scanner, truncated):
+    """Wait for the writer; raise what it met, or a truncated archive."""
+    _stop(items, thread)
+    if failed:
+        raise failed[0]
+    if truncated or not scanner.done and (scanner.buf or scanner.skip):
+        raise tarfile.ReadError('unexpected end of data')
+
+
 def _pump(source, tar, checker):
-    """Copy ``source`` to tar's stdin, each chunk checked before it goes.
+    """Copy a stream to tar's stdin, each chunk checked before it goes.
 
     A writer thread feeds tar while this one checks the next chunk, so the
     checker and GNU tar run side by side.
     """
     scanner = _Scanner(checker)
-    chunks = queue.Queue(maxsize=16)
-    failed = []
-
-    def writer():
-        try:
-            while True:
-                chunk = chunks.get()
-                if chunk is None:
-                    return
-                tar.stdin.write(chunk)
-        except BaseException as e:   # reported by the reader below
-            failed.append(e)
-            while chunks.get() is not None:
-                pass
-
-    thread = threading.Thread(target=writer, daemon=True)
-    thread.start()
+    items, failed, thread = _writer(tar, None)
+    sent = 0
     try:
         while not failed:
             chunk = source.read(CHUNK)
             if not chunk:
                 break
+            if scanner.done:
+                continue       # read to the end: the tool's exit is checked
             scanner.feed(chunk)
-            chunks.put(chunk)
-    finally:
-        chunks.put(None)
-        thread.join()
-    if failed:
-        raise failed[0]
-    if not scanner.done and (scanner.buf or scanner.skip):
-        raise tarfile.ReadError('unexpected end of data')
+            if scanner.done:
+                chunk = chunk[:scanner.eof_at - sent] + END_OF_ARCHIVE
+            items.put(chunk)
+            sent += len(chunk)
+    except BaseException:
+        _stop(items, thread)
+        raise
+    _finish(items, failed, thread, scanner, False)
+
+
+def _pump_file(f, tar, checker):
+    """The same for an uncompressed tar file, without reading its data.
+
+    Headers are read with pread; the checked bytes go to tar by sendfile,
+    in ranges that never reach past the last checked header.
+    """
+    fd = f.fileno()
+    size = os.fstat(fd).st_size
+    scanner = _Scanner(checker)
+    items, failed, thread = _writer(tar, fd)
+    pos = sent = 0
+    try:
+        while not failed and not scanner.done and pos < size:
+            if scanner.skip >= JUMP and not scanner.buf:
+                pos += scanner.jump()
+            else:
+                chunk = os.pread(fd, JUMP * 4, pos)
+                if not chunk:
+                    break
+                scanner.feed(chunk)
+                pos += len(chunk)
+            checked = min(scanner.checked, size)
+            if checked - sent >= CHUNK or scanner.done:
+                items.put((sent, checked - sent))
+                sent = checked
+        if scanner.done:
+            items.put(END_OF_ARCHIVE)
+        elif not failed and sent < size:
+            items.put((sent, size - sent))
+    except BaseException:
+        _stop(items, thread)
+        raise
+    _finish(items, failed, thread, scanner, pos > size)
 
 
 def run(argv, what, **kw):

@@ -221,6 +221,21 @@ class UnpackTest(base.BaseTestCase):
                               data=bytes(data))
         self.assertIn('corrupt or truncated', str(e))
 
+    @ddt.data('', 'gz')
+    def test_unpack_ignores_what_follows_the_end_of_archive(self, how):
+        # GNU tar and the checker both stop at the end-of-archive blocks;
+        # what an image hides after them never reaches tar.
+        good = archive_bytes([reg('a', b'kept')], self.host)
+        hidden = archive_bytes([sym('evil', HOST), reg('evil/pwned')],
+                               self.host)
+        data = good + hidden
+        if how:
+            data = subprocess.run(['gzip', '-c'], input=data, check=True,
+                                  capture_output=True).stdout
+        self.unpack(None, data=data)
+        self.assertEqual({'a': ('reg', b'kept')}, tree(self.dest))
+        self.assert_host_untouched(written=['a'])
+
     @ddt.data(tarfile.PAX_FORMAT, tarfile.GNU_FORMAT)
     def test_unpack_long_names_are_checked(self, fmt):
         long_dir = 'd' * 150
