@@ -20,7 +20,6 @@ Formats are tried in ``FORMATS`` order: the more specific tarballs (LXD,
 OCI) before plain root file system tarballs.
 """
 
-import os
 
 from nova_lxd_py import privsep
 from nova_lxd_py.storage.formats import disk
@@ -31,7 +30,7 @@ from nova_lxd_py.storage.formats import squashfs
 from nova_lxd_py.storage.formats import stream
 from nova_lxd_py.storage.formats import tar
 
-HEAD_BYTES = 65536
+HEAD_BYTES = stream.HEAD_BYTES
 
 FORMATS = [qcow2, disk, squashfs, lxd, oci, tar]
 UnsafeImage = stream.UnsafeImage
@@ -78,11 +77,7 @@ def disk_formats(enabled):
                    for d in fmt.DISK_FORMATS})
 
 
-def scratch(workdir, name):
-    """A fresh directory under ``workdir``, searchable by user namespaces."""
-    path = os.path.join(workdir, name)
-    os.mkdir(path, 0o711)
-    return path
+scratch = stream.scratch
 
 
 @privsep.sys_admin_pctxt.entrypoint

@@ -29,7 +29,6 @@ import time
 
 from oslo_log import log as logging
 
-from nova_lxd_py.storage import formats
 from nova_lxd_py.storage.formats import partitions
 from nova_lxd_py.storage.formats import stream
 from nova_lxd_py.storage.formats import tar
@@ -113,7 +112,7 @@ def unpack_disk(path, target, workdir):
                   if fs is not None and notes[part.number] is None]
     if not candidates:
         raise _no_root(found, notes)
-    with _Mounts(path, candidates, formats.scratch(workdir, 'mnt')) as mnts:
+    with _Mounts(path, candidates, stream.scratch(workdir, 'mnt')) as mnts:
         root, sub, kernels = _find_root(mnts, candidates, notes)
         if root is None:
             raise _no_root(found, notes)

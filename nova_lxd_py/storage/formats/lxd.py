@@ -60,7 +60,6 @@ import threading
 from oslo_log import log as logging
 import yaml
 
-from nova_lxd_py.storage import formats
 from nova_lxd_py.storage.formats import squashfs
 from nova_lxd_py.storage.formats import stream
 
@@ -207,7 +206,7 @@ def _is_metadata_tarball(data):
 
 def unpack(archive, target, workdir):
     with open(archive, 'rb') as f:
-        head = f.read(formats.HEAD_BYTES)
+        head = f.read(stream.HEAD_BYTES)
     found = kind(head, archive)
     if found == UNIFIED:
         return _unpack_unified(archive, head, target, workdir)
@@ -227,7 +226,7 @@ def _unpack_unified(archive, head, target, workdir):
                 and len(data) == info.size):
             parse_metadata(data)
             break
-    scratch = target.replace(dest=formats.scratch(workdir, 'lxd-image'))
+    scratch = target.replace(dest=stream.scratch(workdir, 'lxd-image'))
     checker = stream.extract(scratch, archive=archive, prefix='rootfs/')
     facts = read_metadata(scratch.dest)
     _move_rootfs(os.path.join(scratch.dest, 'rootfs'), target.dest)
@@ -253,7 +252,7 @@ def _move_rootfs(rootfs, dest):
 
 def _unpack_split(archive, target, workdir):
     rootfs, metadata = _bundle_parts(archive, target, workdir)
-    scratch = target.replace(dest=formats.scratch(workdir, 'lxd-metadata'))
+    scratch = target.replace(dest=stream.scratch(workdir, 'lxd-metadata'))
     stream.extract(scratch, archive=metadata)
     facts = read_metadata(scratch.dest)
     path, offset, length = rootfs

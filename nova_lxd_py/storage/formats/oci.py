@@ -547,7 +547,7 @@ def _flatten(image, target, workdir):
     last_use = {path: i for i, path in enumerate(image.layers)}
     for i, blob in enumerate(image.layers):
         what = 'layer #%d of %d' % (i + 1, len(image.layers))
-        layer = _scratch(workdir, 'layer-%d' % (i + 1))
+        layer = stream.scratch(workdir, 'layer-%d' % (i + 1))
         ltarget = target.replace(dest=layer,
                                  label='%s %s' % (target.label, what))
         checker = _LayerChecker(ltarget, counted)
@@ -624,17 +624,13 @@ def _ensure_init(target):
     return True
 
 
-def _scratch(workdir, name):
-    # formats.scratch, which this module cannot import (formats imports it).
-    path = os.path.join(workdir, name)
-    os.mkdir(path, 0o711)
-    return path
-
-
 def unpack(archive, target, workdir):
     started = time.monotonic()
-    outer = _scratch(workdir, 'archive')
-    stream.extract(stream.Target(dest=outer, max_bytes=target.max_bytes,
+    outer = stream.scratch(workdir, 'archive')
+    # Uncompressed layers carry a header and padding per file on top of the
+    # tree they hold; the cap on the tree itself applies when flattening.
+    cap = target.max_bytes + target.max_bytes // 4
+    stream.extract(stream.Target(dest=outer, max_bytes=cap,
                                  label='%s archive' % target.label),
                    archive=archive)
     image = _choose(outer)

@@ -31,6 +31,7 @@ from oslo_log import log as logging
 LOG = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+HEAD_BYTES = 65536       # what format detection reads of an image
 F_SETPIPE_SZ = getattr(fcntl, 'F_SETPIPE_SZ', 1031)
 PROGRESS_SECONDS = 10
 
@@ -93,6 +94,13 @@ class Target:
         os.makedirs(self.dest, mode=0o755, exist_ok=True)
         os.chown(self.dest, self.uid, self.gid)
         os.chmod(self.dest, 0o755)
+
+
+def scratch(workdir, name):
+    """A fresh directory under ``workdir``, searchable by user namespaces."""
+    path = os.path.join(workdir, name)
+    os.mkdir(path, 0o711)
+    return path
 
 
 def compression(head):
