@@ -220,10 +220,11 @@ function nova_lxd_py_upload_image {
         mkdir -p "$(dirname "$file")"
         "$(_nova_lxd_py_python)" -m nova_lxd_py.tests.guest_image "$file"
     fi
-    # A rootfs tarball is uploaded as disk_format raw; img_hv_type and
-    # hw_vm_mode keep it off hosts that boot disk images.
+    # The driver reads the format from the bytes; Glance's formats must
+    # agree. img_hv_type and hw_vm_mode keep it off hosts that boot VMs.
     openstack --os-cloud devstack-admin image create \
-        --disk-format raw --container-format bare --public \
+        --disk-format "$NOVA_LXD_PY_IMAGE_DISK_FORMAT" \
+        --container-format "$NOVA_LXD_PY_IMAGE_CONTAINER_FORMAT" --public \
         --property img_hv_type=lxc --property hw_vm_mode=exe \
         --file "$file" "$name"
 }
