@@ -30,8 +30,14 @@ OPTS = [
         'root_disk_backend',
         default='overlay',
         choices=[('overlay', 'overlayfs: a writable upper layer per '
-                             'instance over the cached image (no copy)')],
-        help='How a container root filesystem is made from the cached image.'),
+                             'instance over the cached image (no copy)'),
+                 ('dir', 'a full copy of the cached image per instance')],
+        help='How a container root filesystem is made from the cached image. '
+             'Either way, when the flavor has a root disk size, what the '
+             'guest writes goes to an ext4 file system of that size (a '
+             'sparse file in the container\'s directory, loop-mounted on '
+             'the host while the instance exists), so a guest that fills '
+             'its disk gets ENOSPC and the host does not fill up.'),
     cfg.StrOpt(
         'idmap_user',
         default='root',

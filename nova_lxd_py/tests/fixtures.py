@@ -52,7 +52,23 @@ class HostDirs(fixtures.Fixture):
                 subprocess.run(['lxc-stop', '-k', '-n', name, '-P',
                                 self.container_path],
                                capture_output=True, check=False)
+        # Instances' root disks left mounted by a test that did not delete
+        # them: unmount (loop devices go with them) before removing.
+        for point in sorted(mounts_under(self.path), reverse=True):
+            subprocess.run(['umount', point], capture_output=True,
+                           check=False)
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def mounts_under(path):
+    """Mount points at or below ``path`` in this mount namespace."""
+    found = []
+    with open('/proc/self/mountinfo') as f:
+        for line in f:
+            point = line.split()[4]
+            if point == path or point.startswith(path.rstrip('/') + '/'):
+                found.append(point)
+    return found
 
 
 @functools.lru_cache(maxsize=None)

@@ -3,9 +3,13 @@
 A backend turns a cached image root file system into the root of one
 container. Its interface:
 
-``create(container_dir, image_rootfs, uid, gid) -> str``
+``create(container_dir, image_rootfs, uid, gid, size_gb=0) -> str``
     Prepare the container's root and return the ``lxc.rootfs.path`` value.
-    ``uid``/``gid`` are the host ids of the guest's root.
+    ``uid``/``gid`` are the host ids of the guest's root; ``size_gb`` (the
+    flavor's root_gb, 0: none) limits what the guest can write.
+``activate(container_dir)``
+    Before every start: whatever the root needs on the host is in place
+    (e.g. its file system mounted again after a host reboot).
 ``writable_root(container_dir) -> str``
     Host directory where a file written before the first start shows in
     the guest's root (LXD templates are rendered there).
@@ -14,9 +18,11 @@ container. Its interface:
     directory itself is removed by the caller).
 """
 
+from nova_lxd_py.storage.backends import dir as dir_backend
 from nova_lxd_py.storage.backends import overlay
 
-BACKENDS = {overlay.OverlayBackend.name: overlay.OverlayBackend}
+BACKENDS = {overlay.OverlayBackend.name: overlay.OverlayBackend,
+            dir_backend.DirBackend.name: dir_backend.DirBackend}
 
 
 def get(name):

@@ -1,32 +1,51 @@
 """overlayfs: a writable upper layer per instance over the cached image.
 
 liblxc mounts the overlay inside the container's own mount namespace at
-start (``overlay:<lower>:<upper>``), so no mount is ever left on the host,
-not even after a crash. The cached image is already shifted to the guest's
-id range, so the overlay needs no idmapped mount.
+start (``overlay:<lower>:<upper>``). The cached image is already shifted to
+the guest's id range, so the overlay needs no idmapped mount.
+
+With a root disk size (the flavor's ``root_gb``), the upper and work
+directories live on the instance's size-limited file system (see
+:mod:`disk`): the guest can change or add at most that much. Without one
+(``root_gb`` 0) they are plain directories in the container's directory.
 """
 
 import os
 
 from nova_lxd_py.privsep import fs
+from nova_lxd_py.storage.backends import disk
 
 
 class OverlayBackend:
     name = 'overlay'
 
-    def create(self, container_dir, image_rootfs, uid, gid):
+    def _top(self, container_dir):
+        if os.path.exists(disk.image_path(container_dir)):
+            return disk.mount_point(container_dir)
+        return container_dir
+
+    def create(self, container_dir, image_rootfs, uid, gid, size_gb=0):
         for path in (container_dir, image_rootfs):
             if ':' in path:
                 raise ValueError('overlay paths cannot contain ":": %s' % path)
-        upper = os.path.join(container_dir, 'upper')
+        if size_gb:
+            disk.make(container_dir, size_gb, uid, gid, '')
+            disk.mount(container_dir)
+        top = self._top(container_dir)
+        upper = os.path.join(top, 'upper')
         # liblxc puts the overlay work dir next to the upper dir.
-        for sub in (upper, os.path.join(container_dir, 'work')):
+        for sub in (upper, os.path.join(top, 'work')):
             fs.make_dir(sub, uid, gid, 0o755)
         return 'overlay:%s:%s' % (image_rootfs, upper)
 
+    def activate(self, container_dir):
+        """Before a start: the instance's file system is mounted."""
+        if os.path.exists(disk.image_path(container_dir)):
+            disk.mount(container_dir)
+
     def writable_root(self, container_dir):
         """Host directory whose files the guest sees over the image's."""
-        return os.path.join(container_dir, 'upper')
+        return os.path.join(self._top(container_dir), 'upper')
 
     def destroy(self, container_dir):
-        pass
+        disk.unmount(container_dir)

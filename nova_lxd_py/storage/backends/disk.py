@@ -1,0 +1,106 @@
+"""A size-limited file system for one instance's writable data.
+
+A flavor's ``root_gb`` must mean something: what the guest writes lands in
+an ext4 file system of exactly that size, made in a sparse file in the
+container's directory and loop-mounted on the host at ``<dir>/disk`` while
+the instance exists. A guest that fills it gets ENOSPC; the host's own file
+system only ever holds what the guest really wrote.
+
+The mount is made when the instance is created and again before every
+start (after a host reboot it is gone), and removed with the instance.
+Why a host mount: ext4 cannot be mounted inside the container's user
+namespace, and liblxc's rootfs (overlay or directory) must be a path.
+"""
+
+import os
+import subprocess
+
+from oslo_config import cfg
+
+from nova_lxd_py import privsep
+
+CONF = cfg.CONF
+
+IMAGE = 'root.img'
+MOUNT = 'disk'
+
+
+def image_path(container_dir):
+    return os.path.join(container_dir, IMAGE)
+
+
+def mount_point(container_dir):
+    return os.path.join(container_dir, MOUNT)
+
+
+def _confined(path):
+    root = os.path.realpath(CONF.lxc.container_path)
+    real = os.path.realpath(path)
+    if not real.startswith(root + os.sep):
+        raise ValueError('%s is outside [lxc] container_path' % path)
+    return real
+
+
+def _run(argv):
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode:
+        raise OSError('%s failed: %s' % (argv[0], proc.stderr.strip()))
+    return proc.stdout
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def make(container_dir: str, size_gb: int, uid: int, gid: int,
+         source: str) -> None:
+    """The sparse ext4 file system, its root owned by the guest's root.
+
+    ``source`` (a directory, or '') is copied in by mkfs itself, owners and
+    modes kept, so no mount is needed to fill it.
+    """
+    cdir = _confined(container_dir)
+    os.makedirs(cdir, mode=0o755, exist_ok=True)
+    image = os.path.join(cdir, IMAGE)
+    with open(image, 'wb') as f:
+        f.truncate(size_gb << 30)
+    argv = ['mkfs.ext4', '-q', '-F', '-m', '0', '-L', 'instance-root',
+            '-E', 'lazy_itable_init=1,lazy_journal_init=1,root_owner=%d:%d'
+            % (uid, gid)]
+    if source:
+        argv += ['-d', source]
+    try:
+        _run(argv + [image])
+    except Exception:
+        os.unlink(image)
+        raise
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def mount(container_dir: str) -> None:
+    """Mount the instance's file system at ``<dir>/disk`` if it is not."""
+    cdir = _confined(container_dir)
+    point = os.path.join(cdir, MOUNT)
+    if os.path.ismount(point):
+        return
+    os.makedirs(point, mode=0o711, exist_ok=True)
+    _run(['mount', '-t', 'ext4', '-o', 'loop,nodev,nosuid,noatime',
+          os.path.join(cdir, IMAGE), point])
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def unmount(container_dir: str) -> None:
+    """Unmount it (the loop device goes with it); no error if it is not."""
+    point = os.path.join(_confined(container_dir), MOUNT)
+    if os.path.ismount(point):
+        try:
+            _run(['umount', point])
+        except OSError:
+            # Busy (a process of a guest that is being killed still holds
+            # it): detach now, the kernel frees it with its last user.
+            _run(['umount', '--lazy', point])
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def usage(container_dir: str) -> list:
+    """[bytes used, bytes in all] of the instance's file system."""
+    st = os.statvfs(os.path.join(_confined(container_dir), MOUNT))
+    return [(st.f_blocks - st.f_bfree) * st.f_frsize,
+            st.f_blocks * st.f_frsize]
