@@ -59,6 +59,7 @@ class Limits:
     cpu_shares: int
     cpuset: str             # '' means every host CPU
     pids_max: int           # 0 means unlimited
+    swap_bytes: int = -1    # flavor swap; -1: the host cannot limit swap
 
 
 def _bool(value):
@@ -104,8 +105,14 @@ def pick_cpuset(vcpus, host_cpus, seed):
     return ','.join(str(c) for c in chosen)
 
 
-def limits_from_flavor(flavor, host_cpus, default_pids_max, seed):
-    """Cgroup limits for a flavor; ``quota:cpu_*`` extra specs override."""
+def limits_from_flavor(flavor, host_cpus, default_pids_max, seed,
+                       swap_accounting=False):
+    """Cgroup limits for a flavor; ``quota:cpu_*`` extra specs override.
+
+    A container has no swap device of its own: the flavor's swap (MB) is
+    how much of the host's swap it may use, where the host's cgroups can
+    account swap (``swap_accounting``).
+    """
     specs = flavor.extra_specs or {}
     period = _spec(specs, 'quota:cpu_period', 100000, int)
     quota = _spec(specs, 'quota:cpu_quota', flavor.vcpus * period, int)
@@ -116,7 +123,9 @@ def limits_from_flavor(flavor, host_cpus, default_pids_max, seed):
                   cpu_quota_us=quota if quota > 0 else -1,
                   cpu_shares=shares,
                   cpuset=pick_cpuset(flavor.vcpus, host_cpus, seed),
-                  pids_max=pids)
+                  pids_max=pids,
+                  swap_bytes=(flavor.swap or 0) * 1024 * 1024
+                  if swap_accounting else -1)
 
 
 def _shares_to_weight(shares):
@@ -141,6 +150,13 @@ def cgroup_lines(limits, cgroup_version):
                  ('lxc.cgroup.cpu.cfs_quota_us', limits.cpu_quota_us),
                  ('lxc.cgroup.cpu.shares', limits.cpu_shares)]
         prefix = 'lxc.cgroup.'
+    if limits.swap_bytes >= 0:
+        # v1 limits memory+swap together (after memory, which it must not
+        # be below); v2 limits swap alone.
+        lines.append(('lxc.cgroup2.memory.swap.max', limits.swap_bytes)
+                     if cgroup_version == 2 else
+                     ('lxc.cgroup.memory.memsw.limit_in_bytes',
+                      limits.memory_bytes + limits.swap_bytes))
     if limits.cpuset:
         lines.append((prefix + 'cpuset.cpus', limits.cpuset))
     if limits.pids_max:
@@ -163,8 +179,11 @@ INSTANCE_NAME_KEY = '# nova.instance_name = '
 
 def build(*, instance_name, hostname, rootfs, idmap, security, limits,
           cgroup_version, init_kind, console_log, console_size_kb, lxc_log,
-          lxcfs_path='', seccomp_profile=''):
-    """Return the full text of a container's liblxc config file."""
+          lxcfs_path='', seccomp_profile='', mounts=()):
+    """Return the full text of a container's liblxc config file.
+
+    ``mounts``: (host directory, guest path) pairs bind-mounted read-write.
+    """
     halt, reboot = INIT_SIGNALS.get(init_kind, INIT_SIGNALS['sysv'])
     items = [
         ('lxc.uts.name', hostname),
@@ -203,6 +222,9 @@ def build(*, instance_name, hostname, rootfs, idmap, security, limits,
     if lxcfs_path:
         items += [('lxc.mount.entry', '%s/%s %s none bind,optional 0 0'
                    % (lxcfs_path, f, f)) for f in _LXCFS_FILES]
+    items += [('lxc.mount.entry', '%s %s none bind,create=dir 0 0'
+               % (host_dir, guest_path.lstrip('/')))
+              for host_dir, guest_path in mounts]
     items += cgroup_lines(limits, cgroup_version)
     # A comment liblxc ignores, so list_instances can give Nova the names.
     return INSTANCE_NAME_KEY + instance_name + '\n' + ''.join(

@@ -23,6 +23,7 @@ from nova_lxd_py import conf
 from nova_lxd_py import exception
 from nova_lxd_py.privsep import fs
 from nova_lxd_py.storage import backends
+from nova_lxd_py.storage import ephemeral
 from nova_lxd_py.storage import formats
 from nova_lxd_py.storage.formats import lxd
 from nova_lxd_py.storage import images
@@ -207,7 +208,8 @@ class LXCDriver(driver.ComputeDriver):
         image = self._images.get(context, instance, image_meta, idmap,
                                  max_bytes=instance.flavor.root_gb << 30)
         try:
-            self._define(instance, image, idmap, security)
+            self._define(instance, image, idmap, security,
+                         block_device_info)
             if power_on:
                 self._start(instance)
         except Exception:
@@ -216,15 +218,20 @@ class LXCDriver(driver.ComputeDriver):
         LOG.info('Container created from image %s', image_meta.id,
                  instance=instance)
 
-    def _define(self, instance, image, idmap, security):
+    def _define(self, instance, image, idmap, security,
+                block_device_info=None):
         cdir = container.container_dir(instance.uuid)
         owner = (idmap.uid_start, idmap.gid_start) if idmap else (0, 0)
         rootfs = self._backend.create(cdir, image.rootfs, *owner,
                                       size_gb=instance.flavor.root_gb)
         hostname = config.guest_hostname(instance.hostname, 'instance')
         self._render_templates(cdir, image, owner, hostname, instance)
+        mounts = ephemeral.create(
+            cdir, ephemeral.wanted(instance, block_device_info), *owner)
+        swap = self._swap_accounting(instance)
         limits = config.limits_from_flavor(
-            instance.flavor, host.cpus(), CONF.lxc.pids_max, instance.uuid)
+            instance.flavor, host.cpus(), CONF.lxc.pids_max, instance.uuid,
+            swap_accounting=swap)
         seccomp = CONF.lxc.seccomp_profile
         text = config.build(
             instance_name=instance.name,
@@ -237,8 +244,24 @@ class LXCDriver(driver.ComputeDriver):
             lxc_log=os.path.join(cdir, container.LXC_LOG),
             lxcfs_path=CONF.lxc.lxcfs_path if host.lxcfs_active() else '',
             seccomp_profile=seccomp if seccomp and os.path.exists(seccomp)
-            else '')
+            else '', mounts=mounts)
         container.define(instance.uuid, text)
+
+    @staticmethod
+    def _swap_accounting(instance):
+        """Whether the flavor's swap can be enforced; logs what it means."""
+        swap = host.swap_accounting()
+        if instance.flavor.swap and swap:
+            LOG.info('Flavor swap of %d MB: a container has no swap device; '
+                     'it may use that much of the host\'s swap (memory+swap '
+                     'cgroup limit).', instance.flavor.swap,
+                     instance=instance)
+        elif instance.flavor.swap:
+            LOG.warning('Flavor swap of %d MB not enforced: this host\'s '
+                        'memory cgroup does not account swap (boot with '
+                        'swapaccount=1 on cgroup v1).', instance.flavor.swap,
+                        instance=instance)
+        return swap
 
     def _render_templates(self, cdir, image, owner, hostname, instance):
         """Write an LXD image's create/start templates into the new root.
@@ -291,7 +314,9 @@ class LXCDriver(driver.ComputeDriver):
         return True
 
     def _start(self, instance):
-        self._backend.activate(container.container_dir(instance.uuid))
+        cdir = container.container_dir(instance.uuid)
+        self._backend.activate(cdir)
+        ephemeral.activate(cdir)
         started, log = container.start(instance.uuid,
                                        CONF.lxc.start_timeout)
         if not started:
@@ -301,6 +326,7 @@ class LXCDriver(driver.ComputeDriver):
 
     def _remove(self, instance):
         cdir = container.container_dir(instance.uuid)
+        ephemeral.destroy(cdir)
         self._backend.destroy(cdir)
         fs.remove_tree(cdir)
 

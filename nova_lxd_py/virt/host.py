@@ -90,3 +90,16 @@ def uptime():
         load = f.read().split()[:3]
     return '%s up %d min, load average: %s' % (
         time.strftime('%H:%M:%S'), seconds // 60, ', '.join(load))
+
+
+def swap_accounting():
+    """True if the memory cgroup can limit a container's swap use."""
+    if cgroup_version() == 1:
+        return os.path.exists(os.path.join(
+            CGROUP_ROOT, 'memory', 'memory.memsw.limit_in_bytes'))
+    try:
+        children = os.scandir(CGROUP_ROOT)
+        return any(os.path.exists(os.path.join(e.path, 'memory.swap.max'))
+                   for e in children if e.is_dir())
+    except OSError:
+        return False

@@ -13,6 +13,7 @@ namespace, and liblxc's rootfs (overlay or directory) must be a path.
 """
 
 import os
+import re
 import subprocess
 
 from oslo_config import cfg
@@ -23,14 +24,36 @@ CONF = cfg.CONF
 
 IMAGE = 'root.img'
 MOUNT = 'disk'
+ROOT = 'root'
+# Names of an instance's other disks (ephemeral0, ephemeral1, ...).
+_NAME = re.compile(r'^ephemeral[0-9]{1,3}$')
 
 
-def image_path(container_dir):
-    return os.path.join(container_dir, IMAGE)
+def _files(name):
+    """(image file, mount point) names in the container dir for a disk."""
+    if name == ROOT:
+        return IMAGE, MOUNT
+    if not _NAME.match(name):
+        raise ValueError('not a disk name: %r' % name)
+    return name + '.img', name
 
 
-def mount_point(container_dir):
-    return os.path.join(container_dir, MOUNT)
+def image_path(container_dir, name=ROOT):
+    return os.path.join(container_dir, _files(name)[0])
+
+
+def mount_point(container_dir, name=ROOT):
+    return os.path.join(container_dir, _files(name)[1])
+
+
+def names(container_dir):
+    """The instance's disks other than its root, in order."""
+    try:
+        found = [n[:-4] for n in os.listdir(container_dir)
+                 if n.endswith('.img') and _NAME.match(n[:-4])]
+    except FileNotFoundError:
+        return []
+    return sorted(found, key=lambda n: int(n[len('ephemeral'):]))
 
 
 def _confined(path):
@@ -50,7 +73,7 @@ def _run(argv):
 
 @privsep.sys_admin_pctxt.entrypoint
 def make(container_dir: str, size_gb: int, uid: int, gid: int,
-         source: str) -> None:
+         source: str, name: str = ROOT) -> None:
     """The sparse ext4 file system, its root owned by the guest's root.
 
     ``source`` (a directory, or '') is copied in by mkfs itself, owners and
@@ -58,10 +81,10 @@ def make(container_dir: str, size_gb: int, uid: int, gid: int,
     """
     cdir = _confined(container_dir)
     os.makedirs(cdir, mode=0o755, exist_ok=True)
-    image = os.path.join(cdir, IMAGE)
+    image = os.path.join(cdir, _files(name)[0])
     with open(image, 'wb') as f:
         f.truncate(size_gb << 30)
-    argv = ['mkfs.ext4', '-q', '-F', '-m', '0', '-L', 'instance-root',
+    argv = ['mkfs.ext4', '-q', '-F', '-m', '0', '-L', name,
             '-E', 'lazy_itable_init=1,lazy_journal_init=1,root_owner=%d:%d'
             % (uid, gid)]
     if source:
@@ -74,21 +97,22 @@ def make(container_dir: str, size_gb: int, uid: int, gid: int,
 
 
 @privsep.sys_admin_pctxt.entrypoint
-def mount(container_dir: str) -> None:
-    """Mount the instance's file system at ``<dir>/disk`` if it is not."""
+def mount(container_dir: str, name: str = ROOT) -> None:
+    """Mount a disk of the instance (the root at ``<dir>/disk``) if it is
+    not mounted."""
     cdir = _confined(container_dir)
-    point = os.path.join(cdir, MOUNT)
+    image, point = (os.path.join(cdir, f) for f in _files(name))
     if os.path.ismount(point):
         return
     os.makedirs(point, mode=0o711, exist_ok=True)
-    _run(['mount', '-t', 'ext4', '-o', 'loop,nodev,nosuid,noatime',
-          os.path.join(cdir, IMAGE), point])
+    _run(['mount', '-t', 'ext4', '-o', 'loop,nodev,nosuid,noatime', image,
+          point])
 
 
 @privsep.sys_admin_pctxt.entrypoint
-def unmount(container_dir: str) -> None:
+def unmount(container_dir: str, name: str = ROOT) -> None:
     """Unmount it (the loop device goes with it); no error if it is not."""
-    point = os.path.join(_confined(container_dir), MOUNT)
+    point = os.path.join(_confined(container_dir), _files(name)[1])
     if os.path.ismount(point):
         try:
             _run(['umount', point])

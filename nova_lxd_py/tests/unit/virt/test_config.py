@@ -1,5 +1,7 @@
 """Tables for the pure flavor/image/host -> liblxc config translation."""
 
+import dataclasses
+
 import ddt
 from nova import exception as nova_exception
 from nova import objects
@@ -184,6 +186,27 @@ class CgroupLinesTest(base.BaseTestCase):
             ('lxc.cgroup2.cpuset.cpus', '1'),
             ('lxc.cgroup2.pids.max', 4096),
         ], config.cgroup_lines(LIMITS, 2))
+
+    @ddt.unpack
+    @ddt.data(
+        # flavor swap 0 still limits: no swap beyond the memory
+        (1, 0, ('lxc.cgroup.memory.memsw.limit_in_bytes', 256 << 20)),
+        (1, 64 << 20, ('lxc.cgroup.memory.memsw.limit_in_bytes',
+                       (256 + 64) << 20)),
+        (2, 0, ('lxc.cgroup2.memory.swap.max', 0)),
+        (2, 64 << 20, ('lxc.cgroup2.memory.swap.max', 64 << 20)),
+    )
+    def test_cgroup_lines_swap(self, version, swap, expected):
+        lines = config.cgroup_lines(
+            dataclasses.replace(LIMITS, swap_bytes=swap), version)
+        self.assertIn(expected, lines)
+        # v1 rejects a memory+swap limit below the memory limit: after it.
+        self.assertGreater(lines.index(expected), 0)
+
+    def test_cgroup_lines_no_swap_line_without_accounting(self):
+        for version in (1, 2):
+            self.assertEqual([], [k for k, _ in config.cgroup_lines(
+                LIMITS, version) if 'swap' in k])
 
     def test_cgroup_lines_v2_unlimited(self):
         self.assertEqual([
