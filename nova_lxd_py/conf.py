@@ -115,6 +115,15 @@ OPTS = [
              'docker-save archives that have none, so that an application '
              'image can boot as a system container; the image\'s entrypoint '
              'is not run. Empty: such images are refused.'),
+    cfg.BoolOpt(
+        'remove_orphans',
+        default=False,
+        help='What to do with containers, root disks and mounts in '
+             '``container_path`` that belong to no instance of this host '
+             '(left by a crash or a failed cleanup). They are found at '
+             'start-up and by the image cache manager\'s periodic pass and '
+             'always logged; with this option they are also stopped and '
+             'removed.'),
     cfg.IntOpt(
         'start_timeout',
         default=30, min=1,

@@ -17,6 +17,7 @@ from nova.virt import node
 from oslo_log import log as logging
 from oslo_serialization import jsonutils
 from oslo_utils import excutils
+from oslo_utils import uuidutils
 import os_resource_classes as orc
 
 from nova_lxd_py import conf
@@ -38,6 +39,7 @@ LOG = logging.getLogger(__name__)
 CONTAINER_HOST_TRAIT = 'CUSTOM_SYSTEM_CONTAINER_HOST'
 MAX_CONSOLE_BYTES = 100 * 1024
 SUSPENDED_MARKER = 'suspended'
+ORPHAN_GRACE_SECONDS = 600
 
 # liblxc state -> Nova power state; FROZEN depends on pause vs suspend.
 POWER_STATES = {
@@ -96,6 +98,7 @@ class LXCDriver(driver.ComputeDriver):
         # Nova passes the host name by keyword, as ``host``.
         self._nodename = host
         self._check_host()
+        self._handle_orphans(known=None)
 
     def _check_host(self):
         try:
@@ -325,7 +328,10 @@ class LXCDriver(driver.ComputeDriver):
         container.mark(instance.uuid, SUSPENDED_MARKER, False)
 
     def _remove(self, instance):
-        cdir = container.container_dir(instance.uuid)
+        self._remove_dir(instance.uuid)
+
+    def _remove_dir(self, name):
+        cdir = container.container_dir(name)
         ephemeral.destroy(cdir)
         self._backend.destroy(cdir)
         fs.remove_tree(cdir)
@@ -352,7 +358,10 @@ class LXCDriver(driver.ComputeDriver):
         return fetched
 
     def manage_image_cache(self, context, all_instances):
-        """Remove cache entries that no instance or container uses."""
+        """Orphaned containers, then cache entries no instance or container
+        uses (Nova's periodic image cache pass)."""
+        self._handle_orphans(known={i.uuid for i in all_instances
+                                    if not i.deleted})
         if not CONF.image_cache.remove_unused_base_images:
             return
         used_images = {i.image_ref for i in all_instances
@@ -364,6 +373,55 @@ class LXCDriver(driver.ComputeDriver):
             CONF.image_cache.remove_unused_original_minimum_age_seconds)
         if removed:
             LOG.info('Image cache: removed %d unused entries', len(removed))
+
+    # -- orphans -----------------------------------------------------------
+
+    def _orphans(self, known):
+        """Container directories that belong to no instance.
+
+        ``known``: uuids of the host's instances (the periodic pass), or
+        None at start-up, when only a directory liblxc has no config in
+        (half made or half removed) is surely an orphan. Directories
+        younger than ORPHAN_GRACE_SECONDS may be a spawn in progress.
+        """
+        top = CONF.lxc.container_path
+        try:
+            names = os.listdir(top)
+        except FileNotFoundError:
+            return []
+        now = time.time()
+        found = []
+        for name in sorted(names):
+            path = os.path.join(top, name)
+            if not uuidutils.is_uuid_like(name) or not os.path.isdir(path):
+                continue
+            if now - os.stat(path).st_mtime < ORPHAN_GRACE_SECONDS:
+                continue
+            has_config = os.path.exists(os.path.join(path,
+                                                     container.CONFIG_FILE))
+            if (known is None and not has_config) or (
+                    known is not None and name not in known):
+                found.append(name)
+        return found
+
+    def _handle_orphans(self, known):
+        for name in self._orphans(known):
+            cdir = container.container_dir(name)
+            mounted = [p for p in (os.path.join(cdir, d) for d in
+                                   os.listdir(cdir)) if os.path.ismount(p)]
+            if not CONF.lxc.remove_orphans:
+                LOG.warning('Container %(name)s has no instance on this host '
+                            '(its disks: %(mounts)s); set [lxc] '
+                            'remove_orphans to remove such leftovers.',
+                            {'name': name, 'mounts': mounted or 'none'})
+                continue
+            LOG.warning('Removing container %s, which has no instance on '
+                        'this host', name)
+            try:
+                container.stop(name)
+                self._remove_dir(name)
+            except Exception:
+                LOG.exception('Could not remove orphaned container %s', name)
 
     # -- power -------------------------------------------------------------
 
