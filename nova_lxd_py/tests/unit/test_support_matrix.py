@@ -70,8 +70,10 @@ REQUIREMENTS = {
     'operation.nested-containers': ['option:allow_nesting',
                                     'spec:lxc:nesting'],
     'operation.seccomp': ['option:seccomp_profile'],
-    'operation.root-disk-size': [TODO],
-    'operation.ephemeral-swap-disks': [TODO],
+    'operation.root-disk-size': [
+        'spawn', 'module:nova_lxd_py.storage.backends.disk'],
+    'operation.ephemeral-swap-disks': [
+        'spawn', 'module:nova_lxd_py.storage.ephemeral'],
     'operation.disk-rate-limit': [TODO],
     # images
     'operation.image-rootfs-tarball': [
