@@ -29,6 +29,7 @@ import time
 
 from oslo_log import log as logging
 
+from nova_lxd_py.storage import rootfs
 from nova_lxd_py.storage.formats import partitions
 from nova_lxd_py.storage.formats import stream
 from nova_lxd_py.storage.formats import tar
@@ -212,38 +213,9 @@ def _warnings(found, root, kernels):
 
 # -- the tree inside a mount, seen from this namespace ------------------------
 
-def _resolve(root, path, links=40):
-    """Host path of ``path`` in the tree at ``root``; None if links loop.
-
-    Links are followed as the guest would: an absolute target restarts at
-    ``root``, never at the host's root.
-    """
-    todo = [p for p in path.split('/') if p]
-    done = []
-    while todo:
-        part = todo.pop(0)
-        if part == '.':
-            continue
-        if part == '..':
-            done = done[:-1]
-            continue
-        here = os.path.join(root, *done, part)
-        if os.path.islink(here):
-            links -= 1
-            if links < 0:
-                return None
-            target = os.readlink(here)
-            if target.startswith('/'):
-                done = []
-            todo = [p for p in target.split('/') if p] + todo
-        else:
-            done.append(part)
-    return os.path.join(root, *done)
-
-
 def _present(root, path):
     """``path`` exists in the tree, as a file or as a (dangling) symlink."""
-    parent = _resolve(root, os.path.dirname(path))
+    parent = rootfs.resolve_in_root(root, os.path.dirname(path))
     return parent is not None and os.path.lexists(
         os.path.join(parent, os.path.basename(path)))
 
@@ -265,7 +237,7 @@ def _kernels(top):
     """Kernel images at the top of the tree or in its /boot."""
     names = set()
     for where in ('/', '/boot'):
-        path = _resolve(top, where)
+        path = rootfs.resolve_in_root(top, where)
         try:
             entries = os.listdir(path) if path else []
         except OSError:
@@ -278,7 +250,7 @@ def _kernels(top):
 def _os_name(top):
     """PRETTY_NAME from the tree's os-release, or None."""
     for where in ('/etc/os-release', '/usr/lib/os-release'):
-        path = _resolve(top, where)
+        path = rootfs.resolve_in_root(top, where)
         if path is None:
             continue
         try:

@@ -23,27 +23,10 @@ from nova_lxd_py.storage.formats import oci
 from nova_lxd_py.storage.formats import stream
 from nova_lxd_py.tests import guest_image
 from nova_lxd_py.tests.images import oci as images
+from nova_lxd_py.tests.unit.storage.test_tar import tree
 
 GUEST_ROOT = 100000
 HOST = '@HOST@'          # replaced by the test's stand-in for the host
-
-
-def tree(root):
-    """{relative path: (kind, content or link target)} of a directory."""
-    found = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            rel = os.path.relpath(path, root)
-            st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                found[rel] = ('sym', os.readlink(path))
-            elif stat.S_ISDIR(st.st_mode):
-                found[rel] = ('dir', None)
-            else:
-                with open(path, 'rb') as f:
-                    found[rel] = ('reg', f.read())
-    return found
 
 
 class OCITestCase(base.BaseTestCase):
