@@ -31,13 +31,20 @@ OPTS = [
         default='overlay',
         choices=[('overlay', 'overlayfs: a writable upper layer per '
                              'instance over the cached image (no copy)'),
-                 ('dir', 'a full copy of the cached image per instance')],
+                 ('dir', 'a full copy of the cached image per instance'),
+                 ('btrfs', 'a btrfs snapshot of the cached image per '
+                           'instance (container_path and image_cache_path '
+                           'on one btrfs file system); root_gb is a qgroup '
+                           'limit')],
         help='How a container root filesystem is made from the cached image. '
-             'Either way, when the flavor has a root disk size, what the '
-             'guest writes goes to an ext4 file system of that size (a '
+             'With overlay or dir, when the flavor has a root disk size, '
+             'what the guest writes goes to an ext4 file system of that '
+             'size (a '
              'sparse file in the container\'s directory, loop-mounted on '
              'the host while the instance exists), so a guest that fills '
-             'its disk gets ENOSPC and the host does not fill up.'),
+             'its disk gets ENOSPC and the host does not fill up. With '
+             'btrfs it is a qgroup limit on the instance\'s subvolume '
+             'instead (the guest gets EDQUOT).'),
     cfg.StrOpt(
         'idmap_user',
         default='root',

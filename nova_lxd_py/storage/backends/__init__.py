@@ -18,11 +18,13 @@ container. Its interface:
     directory itself is removed by the caller).
 """
 
+from nova_lxd_py.storage.backends import btrfs
 from nova_lxd_py.storage.backends import dir as dir_backend
 from nova_lxd_py.storage.backends import overlay
 
 BACKENDS = {overlay.OverlayBackend.name: overlay.OverlayBackend,
-            dir_backend.DirBackend.name: dir_backend.DirBackend}
+            dir_backend.DirBackend.name: dir_backend.DirBackend,
+            btrfs.BtrfsBackend.name: btrfs.BtrfsBackend}
 
 
 def get(name):
