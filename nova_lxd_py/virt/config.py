@@ -229,3 +229,101 @@ def build(*, instance_name, hostname, rootfs, idmap, security, limits,
     # A comment liblxc ignores, so list_instances can give Nova the names.
     return INSTANCE_NAME_KEY + instance_name + '\n' + ''.join(
         '%s = %s\n' % (k, v) for k, v in items)
+
+
+# Where a rescue guest finds the instance's own root (see rescue_config).
+RESCUE_MOUNT = '/mnt/rescue'
+_MOUNT_UNSAFE = re.compile(r'[\s,\\:]')
+
+
+def config_values(text, key):
+    """The values of ``key`` in a liblxc config text, in order."""
+    values = []
+    for line in text.splitlines():
+        name, sep, value = line.partition('=')
+        if sep and name.strip() == key:
+            values.append(value.strip())
+    return values
+
+
+def idmap_of(text):
+    """The IdMap of a config's ``lxc.idmap`` lines; None: privileged."""
+    starts = {}
+    for value in config_values(text, 'lxc.idmap'):
+        kind, inside, start, size = value.split()
+        if inside == '0':
+            starts[kind] = (int(start), int(size))
+    if 'u' not in starts or 'g' not in starts:
+        return None
+    return IdMap(uid_start=starts['u'][0], gid_start=starts['g'][0],
+                 size=min(starts['u'][1], starts['g'][1]))
+
+
+def rescue_mount_entry(rootfs):
+    """The ``lxc.mount.entry`` that shows an instance's root at
+    RESCUE_MOUNT, read-write, from its ``lxc.rootfs.path`` value.
+
+    An overlay root (``overlay:<lower>:<upper>``) has no merged view on the
+    host, and the upper layer alone holds only the guest's changes: the
+    same overlay is mounted again inside the rescue container, with the
+    work directory liblxc gives it (``work`` next to the upper one; unused
+    while the instance's own container is not running), so the rescue
+    guest sees and changes exactly the root the instance boots from. The
+    mount is made in the container's user namespace, like its root. A
+    directory root is bind mounted.
+    """
+    if rootfs.startswith('overlay:'):
+        parts = rootfs.split(':')
+        if len(parts) != 3:
+            raise ValueError('not an overlay root: %r' % rootfs)
+        _, lower, upper = parts
+        paths = (lower, upper)
+        work = upper.rsplit('/', 1)[0] + '/work'
+        entry = ('overlay %s overlay lowerdir=%s,upperdir=%s,workdir=%s,'
+                 'create=dir 0 0' % (RESCUE_MOUNT.lstrip('/'), lower, upper,
+                                     work))
+    else:
+        paths = (rootfs,)
+        entry = '%s %s none bind,create=dir 0 0' % (
+            rootfs, RESCUE_MOUNT.lstrip('/'))
+    for path in paths:
+        # Mount options and fstab fields have no escape liblxc honours
+        # for all of these.
+        if not path.startswith('/') or _MOUNT_UNSAFE.search(path):
+            raise ValueError('cannot mount %r for a rescue' % path)
+    return entry
+
+
+def rescue_config(original, rootfs, init_kind, instance_dir):
+    """The rescue container's config, from the instance's own.
+
+    Everything stays (name, id map, limits, console log, security) except
+    the root, which is ``rootfs`` (the rescue image's), and the signals
+    that stop and reboot the rescue image's init. The instance's root is
+    added at RESCUE_MOUNT, and the instance's own disks (bind mounts from
+    ``instance_dir``, e.g. ephemeral disks at /mnt) move below it, where
+    the instance sees them: the rescue guest finds the instance's whole
+    tree at RESCUE_MOUNT, and nothing is mounted over its own /mnt.
+    """
+    halt, reboot = INIT_SIGNALS.get(init_kind, INIT_SIGNALS['sysv'])
+    replaced = {'lxc.rootfs.path': rootfs, 'lxc.signal.halt': halt,
+                'lxc.signal.reboot': reboot}
+    own_root = config_values(original, 'lxc.rootfs.path')
+    if len(own_root) != 1:
+        raise ValueError('the instance config has %d lxc.rootfs.path lines'
+                         % len(own_root))
+    lines, moved = [], []
+    for line in original.splitlines():
+        name, sep, value = line.partition('=')
+        name, value = name.strip(), value.strip()
+        if sep and name in replaced:
+            line = '%s = %s' % (name, replaced[name])
+        elif sep and name == 'lxc.mount.entry' and value.startswith(
+                instance_dir.rstrip('/') + '/'):
+            source, target, rest = value.split(None, 2)
+            moved.append('lxc.mount.entry = %s %s/%s %s' % (
+                source, RESCUE_MOUNT.lstrip('/'), target.lstrip('/'), rest))
+            continue
+        lines.append(line)
+    lines.append('lxc.mount.entry = %s' % rescue_mount_entry(own_root[0]))
+    return '\n'.join(lines + moved) + '\n'

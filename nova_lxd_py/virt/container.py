@@ -288,3 +288,49 @@ def lxc_version_int():
     parts = [int(p) for p in re.findall(r'\d+', lxc.version)[:3]]
     parts += [0] * (3 - len(parts))
     return parts[0] * 1000000 + parts[1] * 1000 + parts[2]
+
+
+# The instance's own config while a rescue container runs under its name.
+RESCUE_KEPT = CONFIG_FILE + '.rescue-saved'
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def keep_config(name: str) -> str:
+    """Put the container's config aside for a rescue; return the kept text.
+
+    Kept once: if a copy is there already (a rescue that failed half way
+    and is tried again), that copy is the instance's own config and stays;
+    the current one may be a rescue config.
+    """
+    path = container_dir(name)
+    kept = os.path.join(path, RESCUE_KEPT)
+    if not os.path.exists(kept):
+        with open(os.path.join(path, CONFIG_FILE)) as f:
+            text = f.read()
+        with open(kept + '.tmp', 'w') as f:
+            f.write(text)
+        os.rename(kept + '.tmp', kept)
+    with open(kept) as f:
+        return f.read()
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def kept_config(name: str) -> str:
+    """The config keep_config put aside; '' if there is none."""
+    try:
+        with open(os.path.join(container_dir(name), RESCUE_KEPT)) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ''
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def restore_config(name: str) -> bool:
+    """Make the kept config the container's again; False if none is kept."""
+    path = container_dir(name)
+    try:
+        os.rename(os.path.join(path, RESCUE_KEPT),
+                  os.path.join(path, CONFIG_FILE))
+    except FileNotFoundError:
+        return False
+    return True

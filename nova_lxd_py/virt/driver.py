@@ -23,6 +23,7 @@ import os_resource_classes as orc
 from nova_lxd_py import conf
 from nova_lxd_py import exception
 from nova_lxd_py.privsep import fs
+from nova_lxd_py.storage import accounts
 from nova_lxd_py.storage import backends
 from nova_lxd_py.storage import ephemeral
 from nova_lxd_py.storage import formats
@@ -235,7 +236,7 @@ class LXCDriver(driver.ComputeDriver):
         limits = config.limits_from_flavor(
             instance.flavor, host.cpus(), CONF.lxc.pids_max, instance.uuid,
             swap_accounting=swap)
-        seccomp = CONF.lxc.seccomp_profile
+        seccomp = self._seccomp_profile(cdir)
         text = config.build(
             instance_name=instance.name,
             hostname=hostname, rootfs=rootfs, idmap=idmap,
@@ -246,9 +247,28 @@ class LXCDriver(driver.ComputeDriver):
             console_size_kb=CONF.lxc.console_log_size_kb,
             lxc_log=os.path.join(cdir, container.LXC_LOG),
             lxcfs_path=CONF.lxc.lxcfs_path if host.lxcfs_active() else '',
-            seccomp_profile=seccomp if seccomp and os.path.exists(seccomp)
-            else '', mounts=mounts)
+            seccomp_profile=seccomp, mounts=mounts)
         container.define(instance.uuid, text)
+
+    def _seccomp_profile(self, cdir):
+        """The seccomp policy file for a container ('' for none).
+
+        ``[lxc] seccomp_profile``, plus the backend's own rules when it has
+        some (in a copy in the container's directory).
+        """
+        base = CONF.lxc.seccomp_profile
+        base = base if base and os.path.exists(base) else ''
+        extra = getattr(self._backend, 'seccomp_rules', ())
+        if not extra:
+            return base
+        text = '2\ndenylist\n'
+        if base:
+            with open(base) as f:
+                text = f.read().rstrip('\n') + '\n'
+        path = os.path.join(cdir, 'seccomp')
+        fs.write_file(path, (text + '[all]\n' + '\n'.join(extra) +
+                             '\n').encode(), 0, 0, 0o644)
+        return path
 
     @staticmethod
     def _swap_accounting(instance):
@@ -333,6 +353,7 @@ class LXCDriver(driver.ComputeDriver):
     def _remove_dir(self, name):
         cdir = container.container_dir(name)
         ephemeral.destroy(cdir)
+        self._backend.destroy(os.path.join(cdir, self.RESCUE_DIR))
         self._backend.destroy(cdir)
         fs.remove_tree(cdir)
 
@@ -548,3 +569,107 @@ class LXCDriver(driver.ComputeDriver):
             properties['os_type'] = instance.os_type
         return {'disk_format': 'raw', 'container_format': 'bare',
                 'properties': properties}
+
+    # -- rescue ------------------------------------------------------------
+
+    # The rescue container's own root, in the instance's container dir.
+    RESCUE_DIR = 'rescue'
+
+    def rescue(self, context, instance, network_info, image_meta,
+               rescue_password, block_device_info, share_info):
+        """Boot the rescue image under the instance's name, with the
+        instance's root read-write at config.RESCUE_MOUNT (/mnt/rescue).
+
+        The instance's root is left as it is and its config put aside
+        (container.keep_config). The rescue container keeps everything of
+        that config (name, id map, limits, console log) but the root: the
+        backend makes one from the rescue image (or the instance's own
+        image, as Nova chooses) in ``<container dir>/rescue``. If anything
+        fails, the instance is left stopped on its own config.
+        """
+        if network_info:
+            raise exception.NetworkNotSupported(
+                ports=', '.join(vif['id'] for vif in network_info))
+        if container.state(instance.uuid)[0] == 'UNDEFINED':
+            raise nova_exception.InstanceNotFound(instance_id=instance.uuid)
+        # The compute manager has already asked the guest to shut down.
+        self.power_off(instance)
+        own = container.keep_config(instance.uuid)
+        try:
+            self._start_rescue(context, instance, image_meta, own,
+                               rescue_password)
+        except Exception:
+            with excutils.save_and_reraise_exception():
+                self._leave_rescue(instance)
+        LOG.info('Rescue container started from image %(image)s, the '
+                 'instance\'s root at %(path)s',
+                 {'image': image_meta.id, 'path': config.RESCUE_MOUNT},
+                 instance=instance)
+
+    def _start_rescue(self, context, instance, image_meta, own, password):
+        # The instance's id map, not today's: its files are owned by it.
+        idmap = config.idmap_of(own)
+        image = self._images.get(context, instance, image_meta, idmap,
+                                 max_bytes=instance.flavor.root_gb << 30)
+        rdir = self._rescue_dir(instance)
+        self._remove_rescue_root(rdir)   # left by an attempt that failed
+        owner = (idmap.uid_start, idmap.gid_start) if idmap else (0, 0)
+        rootfs = self._backend.create(rdir, image.rootfs, *owner)
+        hostname = (config.config_values(own, 'lxc.uts.name') or
+                    [config.guest_hostname(instance.hostname, 'instance')])
+        self._render_templates(rdir, image, owner, hostname[0], instance)
+        if password:
+            self._set_rescue_password(instance, image, rdir, password)
+        container.define(instance.uuid, config.rescue_config(
+            own, rootfs, image.init_kind,
+            container.container_dir(instance.uuid)))
+        self._backend.activate(rdir)
+        self._start(instance)
+
+    def _set_rescue_password(self, instance, image, rdir, password):
+        changed = accounts.set_password(
+            image.rootfs, self._backend.writable_root(rdir), 'root',
+            accounts.hash_password(password))
+        if changed:
+            LOG.info('Root password of the rescue guest set in %s', changed,
+                     instance=instance)
+        else:
+            LOG.warning('The rescue image has no root account in '
+                        '/etc/shadow or /etc/passwd: the rescue password '
+                        'was not set', instance=instance)
+
+    def unrescue(self, context, instance):
+        """Stop the rescue container and start the instance on its own
+        root, with whatever the rescue guest changed in it.
+
+        The rescue guest is asked to shut down first (Nova's
+        ``shutdown_timeout``). Safe to call again after a failure.
+        """
+        if container.state(instance.uuid)[0] == 'UNDEFINED':
+            raise nova_exception.InstanceNotFound(instance_id=instance.uuid)
+        if container.kept_config(instance.uuid):
+            self.power_off(instance, CONF.shutdown_timeout,
+                           CONF.compute.shutdown_retry_interval)
+            self._leave_rescue(instance)
+        else:
+            self._remove_rescue_root(self._rescue_dir(instance))
+        self.power_on(context, instance, None)
+        LOG.info('Rescue ended: the instance runs on its own root again',
+                 instance=instance)
+
+    def _leave_rescue(self, instance):
+        """Stop the container, give it back its own config and remove the
+        rescue root; the instance's root is untouched."""
+        if not container.stop(instance.uuid):
+            raise exception.ContainerError(name=instance.uuid,
+                                           reason='it did not stop')
+        container.restore_config(instance.uuid)
+        self._remove_rescue_root(self._rescue_dir(instance))
+
+    def _rescue_dir(self, instance):
+        return os.path.join(container.container_dir(instance.uuid),
+                            self.RESCUE_DIR)
+
+    def _remove_rescue_root(self, rdir):
+        self._backend.destroy(rdir)
+        fs.remove_tree(rdir)

@@ -100,7 +100,9 @@ REQUIREMENTS = {
         'live_migration_abort'] + LIVE_MIGRATION,
     'operation.evacuate': ['capability:supports_evacuate', 'spawn',
                            'destroy'],
-    'operation.rescue': ['rescue', 'unrescue'],
+    # The rescue password is written by storage.accounts.
+    'operation.rescue': ['rescue', 'unrescue',
+                         'module:nova_lxd_py.storage.accounts'],
     'operation.maintenance-mode': ['host_maintenance_mode',
                                    'set_host_enabled'],
     # guest setup and access
