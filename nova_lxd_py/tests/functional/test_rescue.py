@@ -7,7 +7,6 @@ in the instance when it boots on its own root again.
 """
 
 import os
-import subprocess
 
 import ddt
 from nova.compute import power_state
@@ -16,6 +15,7 @@ from nova import exception as nova_exception
 from nova_lxd_py.storage import accounts
 from nova_lxd_py.tests import fixtures as lxc_fixtures
 from nova_lxd_py.tests.functional import driver_base
+from nova_lxd_py.tests.functional import test_root_disk
 from nova_lxd_py.tests.functional import test_root_disk_btrfs
 from nova_lxd_py.virt import container
 
@@ -23,12 +23,6 @@ RESCUE_IMAGE = 'b0b0b0b0-0000-4000-8000-00000000e5c0'
 RESCUE_MARKER = 'rescue-image'
 OWN_MARKER = 'busybox-guest'
 MISSING_IMAGE = 'b0b0b0b0-0000-4000-8000-0000000000ff'
-
-
-def loop_devices(path):
-    out = subprocess.run(['losetup', '-a'], capture_output=True,
-                         text=True).stdout
-    return [line for line in out.splitlines() if path in line]
 
 
 @ddt.ddt
@@ -249,7 +243,7 @@ class RescueTest(driver_base.DriverTestCase):
         self.rescue(instance)
         self.driver.destroy(self.context, instance, None)
         self.assertEqual([], lxc_fixtures.host_leftovers(instance.uuid))
-        self.assertEqual([], loop_devices(instance.uuid))
+        self.assertEqual([], test_root_disk.loop_devices(instance.uuid))
         self.assertEqual('UNDEFINED', container.state(instance.uuid)[0])
 
 
