@@ -286,7 +286,8 @@ class ImageCacheTest(DriverTestCase):
         self.assertEqual(2, len(self.cache_entries()))
         self.flags(group='image_cache',
                    remove_unused_original_minimum_age_seconds=0)
-        listed = objects.Instance(image_ref=other, deleted=False)
+        listed = objects.Instance(uuid=uuidsentinel.listed, image_ref=other,
+                                  deleted=False)
         self.driver.manage_image_cache(self.context, [listed])
         self.assertEqual([other], [
             n.split('.')[0] for n in self.cache_entries()])
