@@ -80,12 +80,18 @@ def _image_dir():
     return path
 
 
-@functools.lru_cache(maxsize=None)
 def guest_tarball(marker='busybox-guest', with_init=True, compression='gz'):
     """Path of a bootable busybox rootfs tarball, built once per process.
 
-    ``/etc/image-marker`` in the guest holds ``marker``.
+    ``/etc/image-marker`` in the guest holds ``marker``. Every spelling
+    of the same arguments gets the same file, written once: a rewrite would
+    change its bytes (gzip stores a time) under tests that hashed it.
     """
+    return _guest_tarball(marker, with_init, compression)
+
+
+@functools.lru_cache(maxsize=None)
+def _guest_tarball(marker, with_init, compression):
     name = '%s-%s.tar%s' % (marker, 'init' if with_init else 'noinit',
                             '.' + compression if compression else '')
     path = os.path.join(_image_dir(), name)

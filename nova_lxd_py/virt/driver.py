@@ -10,6 +10,7 @@ import time
 
 from nova.compute import power_state
 from nova import exception as nova_exception
+from nova import objects
 from nova.objects import fields
 from nova.virt import driver
 from nova.virt import hardware
@@ -552,6 +553,10 @@ class LXCDriver(driver.ComputeDriver):
                 ports=', '.join(vif['id'] for vif in network_info))
         if container.state(instance.uuid)[0] == 'UNDEFINED':
             raise nova_exception.InstanceNotFound(instance_id=instance.uuid)
+        if not image_meta.obj_attr_is_set('id'):
+            # No image named: the instance's own, as Nova's default.
+            image_meta = objects.ImageMeta.from_dict(
+                {'id': instance.image_ref})
         # The compute manager has already asked the guest to shut down.
         self.power_off(instance)
         own = container.keep_config(instance.uuid)

@@ -70,8 +70,14 @@ def host_uid(pid):
     raise AssertionError('no Uid line for pid %d' % pid)
 
 
-@functools.lru_cache(maxsize=None)
 def file_sha512(path):
+    """sha512 of a file, computed once per version of it."""
+    st = os.stat(path)
+    return _sha512(path, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=None)
+def _sha512(path, inode, size, mtime_ns):
     digest = hashlib.sha512()
     with open(path, 'rb') as f:
         for chunk in iter(lambda: f.read(1 << 20), b''):
