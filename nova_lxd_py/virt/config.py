@@ -175,6 +175,12 @@ def guest_hostname(instance_hostname, fallback):
 
 
 INSTANCE_NAME_KEY = '# nova.instance_name = '
+OVERLAY_PREFIX = 'overlay:'
+# liblxc mounts an overlay root in the guest's user namespace, where the
+# kernel cannot write its trusted.overlay.* xattrs: without 'userxattr'
+# (user.overlay.* instead) removing or renaming a directory of the image
+# fails with EIO in the guest.
+OVERLAY_USERNS_OPTIONS = 'userxattr'
 
 
 def build(*, instance_name, hostname, rootfs, idmap, security, limits,
@@ -211,6 +217,8 @@ def build(*, instance_name, hostname, rootfs, idmap, security, limits,
     if not security.privileged:
         items += [('lxc.idmap', 'u 0 %d %d' % (idmap.uid_start, idmap.size)),
                   ('lxc.idmap', 'g 0 %d %d' % (idmap.gid_start, idmap.size))]
+        if rootfs.startswith(OVERLAY_PREFIX):
+            items.append(('lxc.rootfs.options', OVERLAY_USERNS_OPTIONS))
     else:
         items.append(('lxc.cap.drop', _PRIVILEGED_CAP_DROP))
         key = 'lxc.cgroup2.devices' if cgroup_version == 2 else \

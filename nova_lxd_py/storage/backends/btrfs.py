@@ -55,6 +55,8 @@ BTRFS_IOC_FS_INFO = 0x8400941F
 FS_INFO_SIZE = 1024
 # A deleted subvolume's qgroup can only be destroyed once the cleaner
 # thread has dropped its blocks (about 2 s for 500 MB).
+# <container dir>/rootfs, rescue/rootfs, snapshot/tree
+SUBVOLUME_SEARCH_DEPTH = 2
 QGROUP_WAIT_SECONDS = 60
 QGROUP_POLL_SECONDS = 0.05
 
@@ -135,7 +137,8 @@ def _inside(path, *options):
     raise ValueError('%s is outside [lxc] %s' % (path, ' / '.join(options)))
 
 
-def _run(argv):
+def run(argv):
+    """Run a btrfs tool; OSError with its stderr if it fails."""
     proc = subprocess.run(argv, capture_output=True, text=True,
                           env=dict(os.environ, LC_ALL='C'))
     if proc.returncode:
@@ -144,7 +147,8 @@ def _run(argv):
     return proc.stdout
 
 
-def _is_subvolume(path):
+def is_subvolume(path):
+    """True if ``path`` is the top of a btrfs subvolume."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -154,7 +158,7 @@ def _is_subvolume(path):
 
 
 def _subvolume_id(path):
-    return int(_run(['btrfs', 'inspect-internal', 'rootid', path]))
+    return int(run(['btrfs', 'inspect-internal', 'rootid', path]))
 
 
 def _quota_enabled(path):
@@ -184,18 +188,18 @@ def image_subvolume(tree: str, dest: str) -> bool:
     """
     tree = _inside(tree, 'image_cache_path')
     dest = _inside(dest, 'image_cache_path')
-    if _is_subvolume(dest):
+    if is_subvolume(dest):
         return False
     tmp = dest + '.tmp'
-    _delete(tmp)   # a crash's leftover
-    _run(['btrfs', 'subvolume', 'create', tmp])
+    delete_subvolume(tmp)   # a crash's leftover
+    run(['btrfs', 'subvolume', 'create', tmp])
     try:
         # -T: tree's contents into tmp, and tree's owner and mode on it.
-        _run(['cp', '-a', '--reflink=always', '-T', tree, tmp])
+        run(['cp', '-a', '--reflink=always', '-T', tree, tmp])
         os.rename(tmp, dest)
     except Exception:
         with excutils.save_and_reraise_exception():
-            _delete(tmp)
+            delete_subvolume(tmp)
     return True
 
 
@@ -204,10 +208,10 @@ def snapshot(source: str, dest: str) -> None:
     """A writable snapshot of the image subvolume at ``dest`` (absent)."""
     source = _inside(source, 'image_cache_path')
     dest = _inside(dest, 'container_path')
-    if not _is_subvolume(source):
+    if not is_subvolume(source):
         raise ValueError('%s is not a btrfs subvolume' % source)
     os.makedirs(os.path.dirname(dest), mode=0o711, exist_ok=True)
-    _run(['btrfs', 'subvolume', 'snapshot', source, dest])
+    run(['btrfs', 'subvolume', 'snapshot', source, dest])
 
 
 @privsep.sys_admin_pctxt.entrypoint
@@ -220,8 +224,8 @@ def enable_quota() -> bool:
     path = CONF.lxc.container_path
     if _quota_enabled(path):
         return False
-    _run(['btrfs', 'quota', 'enable', path])
-    _run(['btrfs', 'quota', 'rescan', '-W', path])
+    run(['btrfs', 'quota', 'enable', path])
+    run(['btrfs', 'quota', 'rescan', '-W', path])
     return True
 
 
@@ -229,9 +233,9 @@ def enable_quota() -> bool:
 def limit(subvolume: str, size_gb: int) -> None:
     """Cap what the subvolume references at ``size_gb`` GiB."""
     subvolume = _inside(subvolume, 'container_path')
-    if not _is_subvolume(subvolume):
+    if not is_subvolume(subvolume):
         raise ValueError('%s is not a btrfs subvolume' % subvolume)
-    _run(['btrfs', 'qgroup', 'limit', qgroup_limit_arg(size_gb), subvolume])
+    run(['btrfs', 'qgroup', 'limit', qgroup_limit_arg(size_gb), subvolume])
 
 
 @privsep.sys_admin_pctxt.entrypoint
@@ -241,19 +245,57 @@ def delete(subvolume: str) -> None:
     No error if it is gone. Subvolumes the guest made inside its root are
     deleted first (a subvolume with children cannot be).
     """
-    _delete(_inside(subvolume, 'container_path', 'image_cache_path'))
+    delete_subvolume(_inside(subvolume, 'container_path', 'image_cache_path'))
 
 
-def _delete(path):
+@privsep.sys_admin_pctxt.entrypoint
+def delete_in(container_dir: str) -> None:
+    """Delete the subvolumes at most two levels down a container's dir.
+
+    Its root, a rescue root (``rescue/rootfs``) and a snapshot being
+    taken (``snapshot/tree``): whatever a delete of the instance finds
+    while another operation is half way. Not walked further: subvolumes
+    below those go with them.
+    """
+    top = _inside(container_dir, 'container_path')
+    for path in _subvolumes_near(top, SUBVOLUME_SEARCH_DEPTH):
+        delete_subvolume(path)
+
+
+def _subvolumes_near(top, depth):
+    """Subvolume tops below ``top`` down to ``depth`` levels, not
+    entering any (so none of those found nests another)."""
+    found, level = [], [top]
+    for _ in range(depth):
+        below = []
+        for parent in level:
+            try:
+                entries = list(os.scandir(parent))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for entry in entries:
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
+                if is_subvolume(entry.path):
+                    found.append(entry.path)
+                else:
+                    below.append(entry.path)
+        level = below
+    return found
+
+
+def delete_subvolume(path):
+    """Delete a subvolume, those made in it and their qgroups (in the
+    privsep daemon: callers check the path); no error if it is gone."""
     if not os.path.lexists(path):
         return
-    if not _is_subvolume(path):
+    if not is_subvolume(path):
         # An interrupted create's plain directory.
         shutil.rmtree(path)
         return
     ids = [_subvolume_id(path)]
     try:
-        _run(['btrfs', 'subvolume', 'delete', path])
+        run(['btrfs', 'subvolume', 'delete', path])
     except OSError as e:
         if 'Directory not empty' not in str(e):
             raise
@@ -262,8 +304,8 @@ def _delete(path):
         # The guest may have made them read-only, its root too: a child
         # cannot be unlinked from a read-only parent.
         for sub in [path] + nested:
-            _run(['btrfs', 'property', 'set', '-ts', sub, 'ro', 'false'])
-        _run(['btrfs', 'subvolume', 'delete'] + nested + [path])
+            run(['btrfs', 'property', 'set', '-ts', sub, 'ro', 'false'])
+        run(['btrfs', 'subvolume', 'delete'] + nested + [path])
     _destroy_qgroups(os.path.dirname(path), ids)
 
 
@@ -293,7 +335,7 @@ def _destroy_qgroups(fs_path, ids):
     """
     if not _quota_enabled(fs_path):
         return
-    _run(['btrfs', 'filesystem', 'sync', fs_path])
+    run(['btrfs', 'filesystem', 'sync', fs_path])
     deadline = time.monotonic() + QGROUP_WAIT_SECONDS
     for subvolume_id in ids:
         while True:
@@ -353,7 +395,7 @@ class BtrfsBackend:
         """The cache entry's subvolume, made by its first instance."""
         entry = os.path.dirname(image_rootfs)
         dest = os.path.join(entry, IMAGE_SUBVOLUME)
-        if _is_subvolume(dest):
+        if is_subvolume(dest):
             return dest
         cache = CONF.lxc.image_cache_path
         with lockutils.lock('btrfs-' + os.path.basename(entry),
@@ -395,4 +437,4 @@ class BtrfsBackend:
         return os.path.join(container_dir, ROOT)
 
     def destroy(self, container_dir):
-        delete(os.path.join(container_dir, ROOT))
+        delete_in(container_dir)

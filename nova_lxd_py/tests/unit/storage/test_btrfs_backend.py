@@ -74,5 +74,5 @@ class FileSystemTest(base.BaseTestCase):
         self.assertRaises(OSError, btrfs.fs_uuid, self.dir)
 
     def test_plain_directory_is_no_subvolume(self):
-        self.assertFalse(btrfs._is_subvolume(self.dir))
-        self.assertFalse(btrfs._is_subvolume(os.path.join(self.dir, 'x')))
+        self.assertFalse(btrfs.is_subvolume(self.dir))
+        self.assertFalse(btrfs.is_subvolume(os.path.join(self.dir, 'x')))

@@ -341,6 +341,22 @@ class BuildTest(base.BaseTestCase):
         self.assertEqual(str(256 * 1024 ** 2),
                          items['lxc.cgroup.memory.limit_in_bytes'])
 
+    @ddt.unpack
+    @ddt.data(
+        # An overlay mounted in the guest's user namespace keeps its
+        # metadata in user.* xattrs; other roots and privileged guests
+        # (host root mounts it) take no option.
+        ('overlay:/cache/rootfs:/c/upper', False, ['userxattr']),
+        ('overlay:/cache/rootfs:/c/upper', True, []),
+        ('dir:/c/rootfs', False, []),
+        ('/c/rootfs', False, []),
+    )
+    def test_build_rootfs_options(self, rootfs, privileged, options):
+        items = build(rootfs=rootfs,
+                      security=config.Security(privileged=privileged),
+                      idmap=None if privileged else IDMAP)
+        self.assertEqual(options, values(items, 'lxc.rootfs.options'))
+
     def test_build_cgroup_v2_keys(self):
         keys = {k for k, _ in build(cgroup_version=2)}
         self.assertIn('lxc.cgroup2.memory.max', keys)
