@@ -622,7 +622,10 @@ class LXCDriver(driver.ComputeDriver):
         rdir = self._rescue_dir(instance)
         self._remove_rescue_root(rdir)   # left by an attempt that failed
         owner = (idmap.uid_start, idmap.gid_start) if idmap else (0, 0)
-        rootfs = self._backend.create(rdir, image.rootfs, *owner)
+        # The rescue system's own writes are held to the flavor's root
+        # disk size as well (a disk of its own, gone with the rescue).
+        rootfs = self._backend.create(rdir, image.rootfs, *owner,
+                                      size_gb=instance.flavor.root_gb)
         hostname = (config.config_values(own, 'lxc.uts.name') or
                     [config.guest_hostname(instance.hostname, 'instance')])
         self._render_templates(rdir, image, owner, hostname[0], instance)

@@ -13,6 +13,7 @@ from nova.compute import power_state
 from nova import exception as nova_exception
 
 from nova_lxd_py.storage import accounts
+from nova_lxd_py.storage.backends import disk
 from nova_lxd_py.tests import fixtures as lxc_fixtures
 from nova_lxd_py.tests.functional import driver_base
 from nova_lxd_py.tests.functional import test_root_disk
@@ -68,6 +69,25 @@ class RescueTest(driver_base.DriverTestCase):
         self.assertFalse(os.path.lexists(os.path.join(cdir, 'rescue')))
         self.assertFalse(os.path.lexists(
             os.path.join(cdir, container.RESCUE_KEPT)))
+
+    @ddt.data('overlay', 'dir')
+    def test_rescue_system_writes_stop_at_root_gb(self, backend):
+        self.use(backend)
+        instance = self.spawn(self.make(root_gb=1))
+        self.rescue(instance)
+        rdir = os.path.join(container.container_dir(instance.uuid), 'rescue')
+        self.assertEqual(1 << 30, os.path.getsize(disk.image_path(rdir)))
+        code, out = container.run_in_guest(
+            instance.uuid, ['sh', '-c', test_root_disk.FILL], 120)
+        self.assertIn('No space left on device', out)
+        self.assertNotIn('dd exit 0', out)
+        self.assertLess(os.stat(disk.image_path(rdir)).st_blocks * 512,
+                        1100 << 20)
+        self.unrescue(instance)
+        # The rescue disk is gone; the instance's own is still mounted.
+        self.assertFalse(os.path.lexists(rdir))
+        self.assertEqual(1, len(test_root_disk.loop_devices(instance.uuid)))
+        self.run_in_guest(instance, 'test', '!', '-e', '/root/fill')
 
     @ddt.data(('overlay', 1), ('overlay', 0), ('dir', 1), ('dir', 0))
     @ddt.unpack
