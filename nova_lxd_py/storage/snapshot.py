@@ -10,8 +10,10 @@ A snapshot is consistent and the guest is not stopped:
    copy began, found by ctime, is copied again; what was removed is
    removed), and the guest is thawed. It is frozen for a walk of the layer
    plus what it wrote meanwhile, not for a copy of all it ever changed. A
-   guest the user paused stays frozen and a stopped one stays stopped; both
-   are copied once, so a start or an unpause cannot race the read.
+   btrfs root is instead snapshotted read-only while the guest is frozen.
+   A guest the user paused stays frozen and a stopped one stays stopped;
+   both are copied once, so a start or an unpause cannot race the read.
+   (See :mod:`frozen_copy`.)
 2. **stream** (privileged): the copy and the cached image are stacked as a
    read-only overlay (the copy on top: its whiteouts hide what the guest
    deleted) and GNU tar reads the tree, as the guest's root in a user
@@ -44,6 +46,7 @@ from oslo_utils import excutils
 
 from nova_lxd_py import privsep
 from nova_lxd_py.storage.backends import btrfs
+from nova_lxd_py.storage import frozen_copy
 from nova_lxd_py.virt import container
 
 CONF = cfg.CONF
@@ -62,13 +65,7 @@ F_SETPIPE_SZ = getattr(fcntl, 'F_SETPIPE_SZ', 1031)
 # Characters that the overlay option string or the shell would split.
 UNSAFE_PATH_CHARS = (',', ':', '\\', '\n')
 SLOW_FREEZE_SECONDS = 1.0
-# File times come from a coarse clock (up to a jiffy behind time.time()).
-CTIME_MARGIN_NS = 1000000000
-CLOCK_DRIFT_NS = 250000000
-
-
-class SnapshotFailed(Exception):
-    """The snapshot could not be made; str() says why."""
+SnapshotFailed = frozen_copy.SnapshotFailed
 
 
 # -- privileged: the privsep daemon's side ----------------------------------
@@ -137,162 +134,6 @@ def _source(cdir):
     return lower, tree
 
 
-def _remove(path):
-    shutil.rmtree(path, ignore_errors=True)
-    if os.path.lexists(path):
-        raise SnapshotFailed('could not remove %s' % path)
-
-
-def _copy(src, dest, check=True):
-    """``cp -a`` (reflinks where the file system can); seconds taken.
-
-    ``check=False`` for a copy of a tree that changes meanwhile: a file
-    the guest removed under cp is an error to cp, not to us (the frozen
-    pass that follows puts the copy right).
-    """
-    started = time.monotonic()
-    proc = subprocess.run(['cp', '-a', '--reflink=auto', '--', src, dest],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    if proc.returncode != 0 and (check or not os.path.isdir(dest)):
-        err = proc.stderr.decode(errors='replace').strip().splitlines()
-        raise SnapshotFailed('copying the root disk failed: %s' % (
-            err[0] if err else 'exit status %d' % proc.returncode))
-    return time.monotonic() - started
-
-
-# -- the frozen pass: bring a copy made while the guest ran up to date -------
-#
-# A change to a file, its metadata, its names or a directory's entries sets
-# the inode's ctime, which no one but the kernel sets (utimensat cannot).
-# An entry whose ctime is older than the start of the running copy (less a
-# margin: file times are taken from a coarse clock, a jiffy behind) was
-# final before cp read it, so the copy of it is right; everything newer is
-# copied again while the guest is frozen, and what the guest removed is
-# removed. The frozen time is then a walk of the tree plus what the guest
-# changed during the first copy, instead of a copy of every changed file.
-
-def _recent(st, since_ns):
-    return st.st_ctime_ns >= since_ns
-
-
-def _remove_entry(path, st):
-    if stat.S_ISDIR(st.st_mode):
-        _remove(path)
-    else:
-        os.unlink(path)
-
-
-def _copy_meta(src, dst, st):
-    """Owner, mode, xattrs and times of ``src`` on ``dst`` (no links
-    followed). chown first: it clears set-id bits and file capabilities."""
-    os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
-    if not stat.S_ISLNK(st.st_mode):
-        os.chmod(dst, stat.S_IMODE(st.st_mode))
-    names = set(os.listxattr(src, follow_symlinks=False))
-    for name in set(os.listxattr(dst, follow_symlinks=False)) - names:
-        os.removexattr(dst, name, follow_symlinks=False)
-    for name in names:
-        os.setxattr(dst, name, os.getxattr(src, name, follow_symlinks=False),
-                    follow_symlinks=False)
-    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-
-
-def _copy_entry(src, dst, st, linked):
-    """One non-directory, as cp -a would; hard links kept among copies."""
-    key = (st.st_dev, st.st_ino)
-    if st.st_nlink > 1 and key in linked:
-        os.link(linked[key], dst)
-        return
-    kind = stat.S_IFMT(st.st_mode)
-    if kind == stat.S_IFREG:
-        shutil.copyfile(src, dst, follow_symlinks=False)
-    elif kind == stat.S_IFLNK:
-        os.symlink(os.readlink(src), dst)
-    elif kind in (stat.S_IFCHR, stat.S_IFBLK):
-        os.mknod(dst, st.st_mode, st.st_rdev)   # overlay whiteouts
-    elif kind == stat.S_IFIFO:
-        os.mkfifo(dst, 0o600)
-    else:
-        return   # a socket: tar leaves it out anyway
-    _copy_meta(src, dst, st)
-    if st.st_nlink > 1:
-        linked[key] = dst
-
-
-def _sync_dir(src, dst, since_ns, linked):
-    """Make ``dst`` equal to ``src``; the number of entries copied again."""
-    found = {e.name: e for e in os.scandir(src)}
-    copies = {e.name: e.stat(follow_symlinks=False) for e in os.scandir(dst)}
-    changed = 0
-    for name in copies.keys() - found.keys():
-        _remove_entry(os.path.join(dst, name), copies[name])
-        changed += 1
-    for name, entry in found.items():
-        st = entry.stat(follow_symlinks=False)
-        old = copies.get(name)
-        path, copy = os.path.join(src, name), os.path.join(dst, name)
-        if stat.S_ISDIR(st.st_mode):
-            fresh = old is None or not stat.S_ISDIR(old.st_mode)
-            if fresh:
-                if old is not None:
-                    _remove_entry(copy, old)
-                os.mkdir(copy, 0o700)
-            changed += _sync_dir(path, copy, since_ns, linked) + fresh
-            if fresh or _recent(st, since_ns):
-                _copy_meta(path, copy, st)
-        elif old is None or _recent(st, since_ns) or \
-                stat.S_IFMT(old.st_mode) != stat.S_IFMT(st.st_mode):
-            if old is not None:
-                _remove_entry(copy, old)
-            _copy_entry(path, copy, st, linked)
-            changed += 1
-    if changed:
-        # Entries made or removed above moved the copy's times.
-        _copy_meta(src, dst, os.lstat(src))
-    return changed
-
-
-def _thaw(name):
-    try:
-        container.set_frozen(name, False)
-    except ValueError:   # it is not running (any more): nothing is frozen
-        pass
-
-
-def _frozen_copy(name, src, dest):
-    """Copy while running, freeze, bring the copy up to date, thaw.
-
-    Returns (state the guest had, entries copied while frozen, seconds
-    frozen). If the wall clock jumped during the running copy, file times
-    cannot be compared with it: the whole tree is copied while frozen.
-    """
-    wall, mono = time.time_ns(), time.monotonic_ns()
-    _copy(src, dest, check=False)
-    drift = abs((time.time_ns() - wall) - (time.monotonic_ns() - mono))
-    started = time.monotonic()
-    try:
-        container.set_frozen(name, True)
-    except (OSError, ValueError, TimeoutError) as e:
-        # A half-frozen cgroup must not stay so; it may also have stopped.
-        _thaw(name)
-        if container.state(name)[0] != 'STOPPED':
-            raise SnapshotFailed('could not freeze the guest: %s' % e)
-        _remove(dest)
-        _copy(src, dest)
-        return 'STOPPED', -1, 0.0
-    try:
-        if drift > CLOCK_DRIFT_NS:
-            _remove(dest)
-            _copy(src, dest)
-            changed = -1
-        else:
-            changed = _sync_dir(src, dest, wall - CTIME_MARGIN_NS, {})
-    finally:
-        _thaw(name)
-        frozen = time.monotonic() - started
-    return 'RUNNING', changed, frozen
-
-
 def _drop_host_lost_found(tree, uid, gid, count):
     """Leave out mkfs's lost+found of a root that is a file system.
 
@@ -306,40 +147,7 @@ def _drop_host_lost_found(tree, uid, gid, count):
     except FileNotFoundError:
         return
     if (uid, gid) != (0, 0) and not uid <= owner < uid + count:
-        _remove(path)
-
-
-def _subvolume_snapshot(src, dest):
-    """A read-only btrfs snapshot of ``src`` at ``dest``: O(1)."""
-    btrfs.run(['btrfs', 'subvolume', 'snapshot', '-r', src, dest])
-
-
-def _btrfs_take(name, lxc_state, tree, dest):
-    """Snapshot the guest's subvolume, frozen while the snapshot is made.
-
-    Returns (state the guest had, seconds frozen). A paused or stopped
-    guest is snapshotted as it is.
-    """
-    if lxc_state in ('FROZEN', 'STOPPED'):
-        _subvolume_snapshot(tree, dest)
-        return lxc_state, 0.0
-    if lxc_state != 'RUNNING':
-        raise SnapshotFailed('the container is %s; try again once it is '
-                             'running or stopped' % lxc_state)
-    started = time.monotonic()
-    try:
-        container.set_frozen(name, True)
-    except (OSError, ValueError, TimeoutError) as e:
-        _thaw(name)
-        if container.state(name)[0] != 'STOPPED':
-            raise SnapshotFailed('could not freeze the guest: %s' % e)
-        _subvolume_snapshot(tree, dest)
-        return 'STOPPED', 0.0
-    try:
-        _subvolume_snapshot(tree, dest)
-    finally:
-        _thaw(name)
-    return 'RUNNING', time.monotonic() - started
+        frozen_copy.remove(path)
 
 
 def _remove_snapshot_dir(snap):
@@ -347,7 +155,7 @@ def _remove_snapshot_dir(snap):
     layer = os.path.join(snap, LAYER)
     if btrfs.is_subvolume(layer):
         btrfs.delete_subvolume(layer)
-    _remove(snap)
+    frozen_copy.remove(snap)
 
 
 @privsep.sys_admin_pctxt.entrypoint
@@ -367,20 +175,22 @@ def take(name: str) -> dict:
     # The guest's root (a user namespace) must reach the copy: 0711.
     os.mkdir(snap, 0o711)
     lxc_state, _ = container.state(name)
-    dest = os.path.join(snap, LAYER)
-    if btrfs.is_subvolume(tree):
-        lxc_state, frozen = _btrfs_take(name, lxc_state, tree, dest)
-        recopied = 0
-    elif lxc_state == 'RUNNING':
-        lxc_state, recopied, frozen = _frozen_copy(name, tree, dest)
-    elif lxc_state in ('FROZEN', 'STOPPED'):
-        _copy(tree, dest)
-        recopied, frozen = -1, 0.0
-    elif lxc_state == 'UNDEFINED':
+    if lxc_state == 'UNDEFINED':
         raise SnapshotFailed('the container is gone')
-    else:
+    if lxc_state not in ('RUNNING', 'FROZEN', 'STOPPED'):
         raise SnapshotFailed('the container is %s; try again once it is '
                              'running or stopped' % lxc_state)
+    dest = os.path.join(snap, LAYER)
+    if btrfs.is_subvolume(tree):
+        lxc_state, frozen = frozen_copy.snapshot_subvolume(
+            name, lxc_state, tree, dest)
+        recopied = 0
+    elif lxc_state == 'RUNNING':
+        lxc_state, recopied, frozen = frozen_copy.copy_running(
+            name, tree, dest)
+    else:
+        frozen_copy.copy(tree, dest)
+        recopied, frozen = -1, 0.0
     _drop_host_lost_found(dest, *_idmap(cdir))
     return {'state': lxc_state, 'seconds': time.monotonic() - started,
             'frozen_seconds': frozen, 'recopied': recopied}

@@ -28,6 +28,7 @@ from nova import exception as nova_exception  # noqa: E402
 from nova.image import glance  # noqa: E402
 from oslo_utils import uuidutils  # noqa: E402
 
+from nova_lxd_py.storage import frozen_copy  # noqa: E402
 from nova_lxd_py.storage import snapshot  # noqa: E402
 from nova_lxd_py.virt import container  # noqa: E402
 from nova_lxd_py.virt import host  # noqa: E402
@@ -203,9 +204,9 @@ class SnapshotTest(DriverTestCase):
         instance = self.spawn()
         self.run_in_guest(instance, 'sh', '-c', SETUP)
         # Older than the copy by more than the ctime margin: "stable".
-        time.sleep(snapshot.CTIME_MARGIN_NS / 1e9 + 0.5)
+        time.sleep(frozen_copy.CTIME_MARGIN_NS / 1e9 + 0.5)
         states = {'copy': [], 'sync': []}
-        real_copy, real_sync = snapshot._copy, snapshot._sync_dir
+        real_copy, real_sync = frozen_copy.copy, frozen_copy.sync_dir
 
         def copy(src, dest, check=True):
             states['copy'].append(container.state(instance.uuid)[0])
@@ -218,9 +219,9 @@ class SnapshotTest(DriverTestCase):
             return real_sync(*args)
 
         self.useFixture(fixtures.MonkeyPatch(
-            'nova_lxd_py.storage.snapshot._copy', copy))
+            'nova_lxd_py.storage.frozen_copy.copy', copy))
         self.useFixture(fixtures.MonkeyPatch(
-            'nova_lxd_py.storage.snapshot._sync_dir', sync))
+            'nova_lxd_py.storage.frozen_copy.sync_dir', sync))
         log = self.useFixture(fixtures.MockPatch(
             'nova_lxd_py.storage.snapshot.LOG')).mock
         image_id = self.take_snapshot(instance)
@@ -488,7 +489,7 @@ class BtrfsSnapshotTest(SnapshotTest):
         instance = self.spawn()
         self.run_in_guest(instance, 'sh', '-c', WRITER)
         states = []
-        real = snapshot._subvolume_snapshot
+        real = frozen_copy.subvolume_snapshot
 
         def subvolume_snapshot(src, dest):
             states.append(container.state(instance.uuid)[0])
@@ -498,7 +499,7 @@ class BtrfsSnapshotTest(SnapshotTest):
                           self.subvolume_uuids(src)[0])
 
         self.useFixture(fixtures.MonkeyPatch(
-            'nova_lxd_py.storage.snapshot._subvolume_snapshot',
+            'nova_lxd_py.storage.frozen_copy.subvolume_snapshot',
             subvolume_snapshot))
         subvolumes = self.fs.subvolumes()
         image_id = self.take_snapshot(instance)
