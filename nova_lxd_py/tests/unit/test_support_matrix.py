@@ -164,11 +164,11 @@ def _features(parser):
 
 
 def _overrides(name):
-    """True if a class between LXCDriver and ComputeDriver defines name."""
+    """True if LXCDriver or a mixin of it, not ComputeDriver, defines
+    name."""
     for klass in LXCDriver.__mro__:
         if name in vars(klass):
-            return klass is not nova_driver.ComputeDriver and issubclass(
-                klass, nova_driver.ComputeDriver)
+            return klass not in nova_driver.ComputeDriver.__mro__
     return False
 
 
