@@ -20,8 +20,9 @@ A snapshot is consistent and the guest is not stopped:
    namespace with the guest's id map, so owners come out as the image's
    own (root = 0) with no rewriting pass. The mount lives in a private
    mount namespace that dies with the tar process: nothing is ever mounted
-   on the host, even if we are killed. zstd compresses; the driver's image
-   path reads the result as any tar.zst rootfs.
+   on the host, even if we are killed. zstd compresses (``[lxc]
+   snapshot_compression``); the driver's image path reads the result as
+   any rootfs tarball.
 3. **upload** (nova-compute): the stream reaches nova-compute through a
    FIFO (privsep cannot pass file descriptors) and goes to Glance as it is
    produced: no full copy of the tree is ever written.
@@ -57,9 +58,14 @@ LAYER = 'tree'                # the copy (writable layer or whole root)
 ROOT = 'root'                 # where the overlay is mounted (privately)
 OVERLAY_PREFIX = 'overlay:'
 DIR_PREFIX = 'dir:'
-# Fast levels: on a 2-CPU host level 1 runs near 230 MB/s of tree, level 3
-# at 150 MB/s for a few per cent less data (benchmarks/snapshot.py).
-COMPRESSOR = ('zstd', '-q', '-1', '-T0', '-c')
+# [lxc] snapshot_compression: the compressor's argv, None for none. On a
+# 2-CPU host level 1 runs at 100-200 MB/s of tree, --fast=4 near twice
+# that for a third more bytes (benchmarks/snapshot.py).
+COMPRESSORS = {
+    'zstd': ('zstd', '-q', '-1', '-T0', '-c'),
+    'zstd-fast': ('zstd', '-q', '--fast=4', '-T0', '-c'),
+    'none': None,
+}
 CHUNK = 1 << 20
 F_SETPIPE_SZ = getattr(fcntl, 'F_SETPIPE_SZ', 1031)
 # Characters that the overlay option string or the shell would split.
@@ -267,13 +273,17 @@ def _first_error(f, proc):
 
 
 @privsep.sys_admin_pctxt.entrypoint
-def stream(name: str, fifo: str, compress: bool) -> dict:
-    """Write the snapshot ``take`` made, as a tar (zstd) stream, to ``fifo``.
+def stream(name: str, fifo: str, compression: str) -> dict:
+    """Write the snapshot ``take`` made, as a tar stream compressed as
+    ``compression`` (a key of COMPRESSORS), to ``fifo``.
 
     Returns when every byte is written and both tools have exited; raises
     SnapshotFailed if either failed (the reader must then drop what it
     read). Its duration in seconds is returned.
     """
+    if compression not in COMPRESSORS:
+        raise SnapshotFailed('unknown compression %r' % compression)
+    compressor = COMPRESSORS[compression]
     cdir = container.container_dir(name)
     lower, _ = _source(cdir)
     snap = os.path.join(cdir, SNAPSHOT_DIR)
@@ -290,13 +300,13 @@ def stream(name: str, fifo: str, compress: bool) -> dict:
         with tempfile.TemporaryFile() as tar_err, \
                 tempfile.TemporaryFile() as zstd_err:
             tar = subprocess.Popen(
-                argv, stdout=subprocess.PIPE if compress else out,
+                argv, stdout=subprocess.PIPE if compressor else out,
                 stderr=tar_err)
             procs.append((tar, tar_err, 'tar'))
-            if compress:
+            if compressor:
                 _widen(tar.stdout.fileno())
                 procs.append((subprocess.Popen(
-                    COMPRESSOR, stdin=tar.stdout, stdout=out,
+                    compressor, stdin=tar.stdout, stdout=out,
                     stderr=zstd_err), zstd_err, 'zstd'))
                 tar.stdout.close()
             os.close(out)
@@ -351,17 +361,17 @@ class _Reader:
         return b''
 
 
-def _writer(name, fifo, compress, hold, outcome):
+def _writer(name, fifo, compression, hold, outcome):
     """Run the privileged stream, then let the reader see the end."""
     try:
-        outcome.update(stream(name, fifo, compress), done=True)
+        outcome.update(stream(name, fifo, compression), done=True)
     except Exception as e:   # reported by the reader and by send()
         outcome['error'] = str(e) or type(e).__name__
     finally:
         os.close(hold)
 
 
-def send(name, consumer, compress=True):
+def send(name, consumer, compression='zstd'):
     """Stream the taken snapshot of ``name`` into ``consumer(reader)``.
 
     ``consumer`` reads a file-like object to its end (Glance's upload);
@@ -387,7 +397,7 @@ def send(name, consumer, compress=True):
         fds.append(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
         reader = _Reader(fds[0], outcome)
         thread = threading.Thread(
-            target=_writer, args=(name, fifo, compress, fds[1], outcome),
+            target=_writer, args=(name, fifo, compression, fds[1], outcome),
             name='snapshot-%s' % name, daemon=True)
         thread.start()
         del fds[1]     # the writer closes it
@@ -412,9 +422,9 @@ def send(name, consumer, compress=True):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def upload(context, instance, image_id, metadata, update_task_state,
-           compress=True):
-    """Snapshot ``instance``'s root into the Glance image ``image_id``.
+def upload(context, instance, image_id, metadata, update_task_state):
+    """Snapshot ``instance``'s root into the Glance image ``image_id``,
+    compressed as ``[lxc] snapshot_compression`` says.
 
     ``metadata`` is what the image record gets (formats, properties);
     Nova's compute manager made the record and deletes it if this raises.
@@ -437,7 +447,7 @@ def upload(context, instance, image_id, metadata, update_task_state,
         api = glance.API()
         _, sent = send(instance.uuid, lambda data: api.update(
             context, image_id, metadata, data=data, purge_props=False),
-            compress)
+            CONF.lxc.snapshot_compression)
     except Exception:
         with excutils.save_and_reraise_exception():
             _discard_quietly(instance)

@@ -404,14 +404,30 @@ class SnapshotTest(DriverTestCase):
         self.run_in_guest(instance, 'true')
         self.assertNothingLeft(instance, mounts)
 
+    def test_compression_follows_the_option(self):
+        instance = self.spawn()
+        self.run_in_guest(instance, 'sh', '-c', 'echo kept > /root/kept')
+        for option, magic in (('none', None), ('zstd-fast', ZSTD_MAGIC)):
+            self.flags(group='lxc', snapshot_compression=option)
+            image_id = self.take_snapshot(instance)
+            with open(self.images[image_id], 'rb') as f:
+                head = f.read(512)
+            if magic:
+                self.assertEqual(magic, head[:4])
+            else:
+                self.assertEqual(b'ustar', head[257:262])   # plain tar
+            copy = self.boot_snapshot(image_id, hostname='copy-' + option)
+            self.assertEqual('kept\n', self.run_in_guest(
+                copy, 'cat', '/root/kept'))
+
     def test_failed_stream_never_completes_an_upload(self):
         instance = self.spawn()
         mounts = self.mounts()
         # A compressor that dies after some output: the reader must not
         # take the early end for the end of a good stream.
         self.useFixture(fixtures.MonkeyPatch(
-            'nova_lxd_py.storage.snapshot.COMPRESSOR',
-            ('sh', '-c', 'head -c 1000; exit 3')))
+            'nova_lxd_py.storage.snapshot.COMPRESSORS',
+            {'zstd': ('sh', '-c', 'head -c 1000; exit 3')}))
         error = self.assertRaises(snapshot.SnapshotFailed,
                                   self.take_snapshot, instance)
         self.assertIn('zstd: exit status 3', str(error))
