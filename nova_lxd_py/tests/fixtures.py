@@ -6,6 +6,7 @@ fails: a private instances_path with its containers, and the guest images.
 
 import atexit
 import functools
+import hashlib
 import os
 import shutil
 import subprocess
@@ -58,6 +59,42 @@ class HostDirs(fixtures.Fixture):
             subprocess.run(['umount', point], capture_output=True,
                            check=False)
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+class GlanceUploads(fixtures.Fixture):
+    """Nova's GlanceFixture, reading uploaded data as Glance does.
+
+    The fixture's ``update`` drops ``data`` unread; a snapshot's stream
+    then has no reader and rightly fails. Here the bytes are read to the
+    end and kept as ``create`` keeps them, and the record gets what real
+    Glance computes on upload (size, sha512 multihash, status active),
+    which the driver's image cache checks when it downloads the image.
+    ``uploads`` lists the image ids that received data, in order.
+    """
+
+    def __init__(self, glance):
+        super().__init__()
+        self.glance = glance
+        self.uploads = []
+
+    def _setUp(self):
+        fixture_update = self.glance.update
+
+        def update(context, image_id, metadata, data=None,
+                   purge_props=False):
+            image = fixture_update(context, image_id, metadata,
+                                   purge_props=purge_props)
+            if data is not None:
+                blob = data.read()
+                self.uploads.append(image_id)
+                self.glance._imagedata[image_id] = blob
+                image.update(size=len(blob), status='active',
+                             os_hash_algo='sha512',
+                             os_hash_value=hashlib.sha512(blob).hexdigest())
+            return image
+
+        self.useFixture(fixtures.MockPatchObject(
+            self.glance, 'update', side_effect=update))
 
 
 def mounts_under(path):

@@ -2,16 +2,11 @@
 
 The compute manager calls LXCDriver.snapshot, which streams the guest's
 root into the Glance fixture; a second server then boots from that image.
-The fixture's ``update`` drops uploaded bytes, so here it keeps them and
-records what real Glance computes on upload (size, sha512 multihash,
-status active), which the driver's image cache checks on download.
+The Glance fixture keeps uploaded bytes (fixtures.GlanceUploads).
 """
 
-import hashlib
-
-import fixtures
-
 from nova_lxd_py.tests.e2e import base
+from nova_lxd_py.tests import fixtures as lxc_fixtures
 from nova_lxd_py.virt import container
 
 ZSTD_MAGIC = b'\x28\xb5\x2f\xfd'
@@ -27,24 +22,8 @@ class SnapshotTest(base.ContainerTestBase):
         super().setUp()
         self.image_id = self._create_guest_image()
         self.flavor_id = self._create_container_flavor()
-        self.uploads = []
-        real_update = self.glance.update
-
-        def update(context, image_id, metadata, data=None,
-                   purge_props=False):
-            image = real_update(context, image_id, metadata,
-                                purge_props=purge_props)
-            if data is not None:
-                blob = data.read()
-                self.uploads.append(image_id)
-                self.glance._imagedata[image_id] = blob
-                image.update(size=len(blob), status='active',
-                             os_hash_algo='sha512',
-                             os_hash_value=hashlib.sha512(blob).hexdigest())
-            return image
-
-        self.useFixture(fixtures.MockPatchObject(
-            self.glance, 'update', side_effect=update))
+        self.uploads = self.useFixture(
+            lxc_fixtures.GlanceUploads(self.glance)).uploads
 
     def _create_snapshot(self, server, name='snap'):
         """createImage; the image id once the server's task is done."""

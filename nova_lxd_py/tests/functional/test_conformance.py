@@ -144,7 +144,8 @@ class LXCDriverConformanceTestCase(test_virt_drivers._VirtDriverTestCase,
                                                     fake.FakeVirtAPI())
         self.connection.init_host('myhostname')
         self._serve_busybox_image()
-        self._read_uploads()
+        # Snapshots are read to their end, as Glance reads them.
+        self.useFixture(lxc_fixtures.GlanceUploads(self.image_service))
         self.addCleanup(self._warn_not_implemented)
 
     def _clear_attrs(self):
@@ -167,29 +168,6 @@ class LXCDriverConformanceTestCase(test_virt_drivers._VirtDriverTestCase,
         meta.update(disk_format='raw', container_format='bare')
         with open(_images['busybox'], 'rb') as data:
             self.image_service.create(self.ctxt, meta, data=data)
-
-    def _read_uploads(self):
-        """Make GlanceFixture.update read uploaded data, as Glance does.
-
-        The fixture drops ``data`` unread; the snapshot's stream then has
-        no reader, and rightly fails: an upload that stops reading is not
-        a snapshot. The bytes are kept in the fixture, as create keeps
-        them.
-        """
-        fixture_update = self.image_service.update
-
-        def update(context, image_id, metadata, data=None,
-                   purge_props=False):
-            image = fixture_update(context, image_id, metadata,
-                                   purge_props=purge_props)
-            if data is not None:
-                blob = data.read()
-                self.image_service._imagedata[image_id] = blob
-                image.update(size=len(blob), status='active')
-            return image
-
-        self.useFixture(fixtures.MockPatchObject(
-            self.image_service, 'update', side_effect=update))
 
     def _warn_not_implemented(self):
         for line in self.stdlog.logger.output.splitlines():
