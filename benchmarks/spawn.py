@@ -67,8 +67,6 @@ lxc.tty.max = 0
 lxc.pty.max = 64
 lxc.net.0.type = empty
 lxc.mount.auto = cgroup:mixed proc:mixed sys:mixed
-lxc.log.file = {cdir}/lxc.log
-lxc.log.level = WARN
 """
 
 # Modules whose functions the profile times, and helpers it leaves out.
@@ -101,7 +99,8 @@ class Baseline:
                      self.idmap.gid_start)
         with open(os.path.join(cdir, 'config'), 'w') as f:
             f.write(self.config.replace(CDIR, cdir))
-        self._lxc('lxc-start', name)
+        self._lxc('lxc-start', name, '-o', os.path.join(cdir, 'lxc.log'),
+                  '-l', 'WARN')
 
     def state(self, name):
         return self._lxc('lxc-info', name, '-s', '-H', check=False)

@@ -184,7 +184,7 @@ OVERLAY_USERNS_OPTIONS = 'userxattr'
 
 
 def build(*, instance_name, hostname, rootfs, idmap, security, limits,
-          cgroup_version, init_kind, console_log, console_size_kb, lxc_log,
+          cgroup_version, init_kind, console_log, console_size_kb,
           lxcfs_path='', seccomp_profile='', mounts=()):
     """Return the full text of a container's liblxc config file.
 
@@ -202,8 +202,6 @@ def build(*, instance_name, hostname, rootfs, idmap, security, limits,
         ('lxc.console.logfile', console_log),
         ('lxc.console.size', console_size_kb * 1024),
         ('lxc.console.rotate', 1),
-        ('lxc.log.file', lxc_log),
-        ('lxc.log.level', 'WARN'),
         ('lxc.net.0.type', 'empty'),
     ]
     if security.nesting:

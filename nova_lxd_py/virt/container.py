@@ -27,6 +27,7 @@ CONF = cfg.CONF
 CONFIG_FILE = 'config'
 CONSOLE_LOG = 'console.log'
 LXC_LOG = 'lxc.log'
+LXC_LOG_LEVEL = 'WARN'
 
 
 def container_dir(name):
@@ -65,15 +66,21 @@ def start(name: str, timeout: int) -> tuple:
     process would cost a fork of it per start and keep a copy of it, tens
     of MiB, alive next to every container.
     """
+    log = os.path.join(container_dir(name), LXC_LOG)
     try:
+        # The log is named here, not in the config: liblxc opens a config's
+        # lxc.log.file for every handle of the container (each state query
+        # here) and never closes it, which would leak descriptors of this
+        # long-lived daemon and pin deleted logs.
         result = subprocess.run(
             ['lxc-start', '-n', _checked(name), '-P',
-             CONF.lxc.container_path], capture_output=True, timeout=timeout)
+             CONF.lxc.container_path, '-o', log, '-l', LXC_LOG_LEVEL],
+            capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return False, 'no RUNNING state within %d s' % timeout
     if result.returncode == 0:
         return True, ''
-    return False, _tail(os.path.join(container_dir(name), LXC_LOG), 2048)
+    return False, _tail(log, 2048)
 
 
 @privsep.sys_admin_pctxt.entrypoint

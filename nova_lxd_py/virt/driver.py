@@ -26,7 +26,7 @@ from nova_lxd_py.privsep import fs
 from nova_lxd_py.storage import backends
 from nova_lxd_py.storage import ephemeral
 from nova_lxd_py.storage import formats
-from nova_lxd_py.storage.formats import lxd
+from nova_lxd_py.storage.formats import lxd_templates
 from nova_lxd_py.storage import images
 from nova_lxd_py.storage import snapshot
 from nova_lxd_py.virt import config
@@ -245,7 +245,6 @@ class LXCDriver(rescue.RescueMixin, driver.ComputeDriver):
             init_kind=image.init_kind,
             console_log=os.path.join(cdir, container.CONSOLE_LOG),
             console_size_kb=CONF.lxc.console_log_size_kb,
-            lxc_log=os.path.join(cdir, container.LXC_LOG),
             lxcfs_path=CONF.lxc.lxcfs_path if host.lxcfs_active() else '',
             seccomp_profile=seccomp, mounts=mounts)
         container.define(instance.uuid, text)
@@ -311,11 +310,11 @@ class LXCDriver(rescue.RescueMixin, driver.ComputeDriver):
             mode = os.lstat(lower).st_mode & 0o7777 \
                 if os.path.lexists(lower) else 0o644
             try:
-                text = lxd.render(spec['template'], {
+                text = lxd_templates.render(spec['template'], {
                     'container': {'name': hostname},
                     'instance': {'name': hostname},
                     'properties': spec.get('properties') or {}})
-            except lxd.TemplateError as e:
+            except lxd_templates.TemplateError as e:
                 LOG.warning('LXD template for %(path)s skipped: %(err)s',
                             {'path': guest_path, 'err': e},
                             instance=instance)

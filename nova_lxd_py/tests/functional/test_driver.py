@@ -195,6 +195,29 @@ class LifecycleTest(DriverTestCase):
         self.driver.destroy(self.context, instance, None)
         self.assertEqual([], lxc_fixtures.host_leftovers(instance.uuid))
 
+    def test_privsep_daemon_keeps_no_file_of_a_removed_container(self):
+        # The daemon lives as long as nova-compute; a descriptor kept per
+        # container would exhaust its limit and pin deleted files. (Here
+        # privsep runs in this process.)
+        def ours():
+            found = []
+            for fd in os.listdir('/proc/self/fd'):
+                try:
+                    target = os.readlink('/proc/self/fd/' + fd)
+                except OSError:   # closed meanwhile
+                    continue
+                if target.startswith(CONF.lxc.container_path):
+                    found.append(target)
+            return found
+
+        for hostname in ('fd-1', 'fd-2'):
+            instance = self.spawn(self.make_instance(hostname=hostname))
+            self.driver.power_off(instance)
+            self.driver.power_on(self.context, instance, None)
+            self.driver.get_info(instance)
+            self.driver.destroy(self.context, instance, None)
+        self.assertEqual([], ours())
+
     def test_destroy_never_spawned(self):
         instance = self.make_instance()
         self.driver.destroy(self.context, instance, None)

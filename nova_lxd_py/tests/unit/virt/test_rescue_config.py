@@ -21,7 +21,7 @@ def own_config(rootfs, idmap=IDMAP, mounts=(), init_kind='systemd'):
         security=config.Security(privileged=idmap is None), limits=LIMITS,
         cgroup_version=2, init_kind=init_kind,
         console_log=CDIR + '/console.log', console_size_kb=1024,
-        lxc_log=CDIR + '/lxc.log', lxcfs_path='/var/lib/lxcfs',
+        lxcfs_path='/var/lib/lxcfs',
         mounts=mounts)
 
 
