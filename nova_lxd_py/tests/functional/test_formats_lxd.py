@@ -26,7 +26,8 @@ import fixtures  # noqa: E402
 from oslotest import base  # noqa: E402
 
 from nova_lxd_py.storage import formats  # noqa: E402
-from nova_lxd_py.storage.formats import lxd  # noqa: E402
+from nova_lxd_py.storage.formats import lxd_metadata  # noqa: E402
+from nova_lxd_py.storage.formats import lxd_templates  # noqa: E402
 from nova_lxd_py.storage.formats import stream  # noqa: E402
 from nova_lxd_py.tests.functional import driver_base  # noqa: E402
 from nova_lxd_py.tests import guest_image  # noqa: E402
@@ -136,13 +137,14 @@ class UnpackTest(base.BaseTestCase):
         self.assertLessEqual(set(os.listdir(self.top)), {'work', 'rootfs'})
 
     def assert_lxd_facts(self, facts):
-        self.assertEqual(lxd.host_architecture(), facts['architecture'])
+        self.assertEqual(lxd_metadata.host_architecture(),
+                         facts['architecture'])
         self.assertEqual('busybox', facts['properties']['os'])
         self.assertEqual(['/etc/hostname', '/etc/hosts'],
                          sorted(facts['templates']))
         hostname = facts['templates']['/etc/hostname']
         self.assertEqual(images.HOSTNAME_TPL, hostname['template'])
-        self.assertEqual('web-1\n', lxd.render(
+        self.assertEqual('web-1\n', lxd_templates.render(
             hostname['template'], {'container': {'name': 'web-1'},
                                    'properties': hostname['properties']}))
         self.assertGreater(facts['tree_bytes'], 1 << 20)
@@ -209,7 +211,7 @@ class UnpackTest(base.BaseTestCase):
         ('foreign-arch.tar.xz', 'it is an LXD image for %s (metadata.yaml '
          "says '%s') and this host is %s" % (
              images.other_architecture(), images.other_architecture(),
-             lxd.host_architecture())),
+             lxd_metadata.host_architecture())),
         ('split-foreign-arch.tar', 'it is an LXD image for %s'
          % images.other_architecture()),
         ('not-yaml.tar.xz', 'its metadata.yaml is not valid YAML'),

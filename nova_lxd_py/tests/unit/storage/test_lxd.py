@@ -15,6 +15,8 @@ from oslotest import base
 import yaml
 
 from nova_lxd_py.storage.formats import lxd
+from nova_lxd_py.storage.formats import lxd_metadata
+from nova_lxd_py.storage.formats import lxd_templates
 from nova_lxd_py.storage.formats import stream
 from nova_lxd_py.tests.images import lxd as lxd_images
 
@@ -69,16 +71,16 @@ class RenderTest(base.BaseTestCase):
     )
     def test_render(self, template, expected):
         context = dict(CONTEXT, config={'user.set': 'configured'})
-        self.assertEqual(expected, lxd.render(template, context))
+        self.assertEqual(expected, lxd_templates.render(template, context))
 
     def test_real_templates(self):
         context = {'container': {'name': 'web-1'}, 'properties': {}}
-        self.assertEqual('web-1\n',
-                         lxd.render(lxd_images.HOSTNAME_TPL, context))
-        hosts = lxd.render(lxd_images.HOSTS_TPL, context)
+        self.assertEqual('web-1\n', lxd_templates.render(
+            lxd_images.HOSTNAME_TPL, context))
+        hosts = lxd_templates.render(lxd_images.HOSTS_TPL, context)
         self.assertIn('127.0.1.1   web-1\n', hosts)
         self.assertIn('::1     ip6-localhost ip6-loopback\n', hosts)
-        network = lxd.render(lxd_images.NETWORK_TPL, context)
+        network = lxd_templates.render(lxd_images.NETWORK_TPL, context)
         self.assertEqual('version: 1\n', network[:11])
         self.assertIn('control: auto\n', network)
 
@@ -98,7 +100,8 @@ class RenderTest(base.BaseTestCase):
         '{{ }}',
     )
     def test_unsupported(self, template):
-        self.assertRaises(lxd.TemplateError, lxd.render, template, CONTEXT)
+        self.assertRaises(lxd_templates.TemplateError,
+                          lxd_templates.render, template, CONTEXT)
 
 
 @ddt.ddt
@@ -114,7 +117,7 @@ class MetadataTest(base.BaseTestCase):
     def parse(self, **fields):
         meta = {'architecture': 'x86_64'}
         meta.update(fields)
-        return lxd.parse_metadata(yaml.safe_dump(meta).encode())
+        return lxd_metadata.parse_metadata(yaml.safe_dump(meta).encode())
 
     @ddt.unpack
     @ddt.data(
@@ -150,11 +153,12 @@ class MetadataTest(base.BaseTestCase):
          'not valid YAML'),
     )
     def test_bad_metadata_refused(self, text, reason):
-        e = self.assertRaises(stream.UnsafeImage, lxd.parse_metadata, text)
+        e = self.assertRaises(stream.UnsafeImage,
+                              lxd_metadata.parse_metadata, text)
         self.assertIn(reason, str(e))
 
     def test_real_metadata(self):
-        facts = lxd.parse_metadata(lxd_images.metadata_yaml())
+        facts = lxd_metadata.parse_metadata(lxd_images.metadata_yaml())
         self.assertEqual('x86_64', facts['architecture'])
         self.assertEqual('20231114_22:13', facts['properties']['serial'])
         # The cloud-init template applies on copy only: not kept.
@@ -238,12 +242,12 @@ class ReadMetadataTest(base.BaseTestCase):
             os.mkfifo(path)
 
     def refused(self, reason):
-        e = self.assertRaises(stream.UnsafeImage, lxd.read_metadata,
+        e = self.assertRaises(stream.UnsafeImage, lxd_metadata.read_metadata,
                               self.root)
         self.assertIn(reason, str(e))
 
     def test_templates_read(self):
-        facts = lxd.read_metadata(self.root)
+        facts = lxd_metadata.read_metadata(self.root)
         self.assertEqual(lxd_images.HOSTNAME_TPL,
                          facts['templates']['/etc/hostname']['template'])
         self.assertEqual(lxd_images.HOSTS_TPL,
@@ -292,11 +296,12 @@ class ReadMetadataTest(base.BaseTestCase):
         self.refused("template 'hosts.tpl' is not UTF-8 text")
 
     def test_templates_capped(self):
-        self.write('templates/hosts.tpl', b'x' * (lxd.TEMPLATES_MAX - 10))
+        self.write('templates/hosts.tpl',
+                   b'x' * (lxd_metadata.TEMPLATES_MAX - 10))
         self.refused('more than 1024 KiB of templates')
 
     def test_metadata_capped(self):
-        self.write('metadata.yaml', b'#' * (lxd.METADATA_MAX + 1))
+        self.write('metadata.yaml', b'#' * (lxd_metadata.METADATA_MAX + 1))
         self.refused('metadata.yaml in the LXD image is larger than')
 
 
