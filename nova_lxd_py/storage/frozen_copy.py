@@ -21,6 +21,11 @@ from nova_lxd_py.virt import container
 # File times come from a coarse clock (up to a jiffy behind time.time()).
 CTIME_MARGIN_NS = 1000000000
 CLOCK_DRIFT_NS = 250000000
+# Tries at freezing the guest, seconds each may take, and the pause
+# (thawed) between them.
+FREEZE_ATTEMPTS = 3
+FREEZE_TIMEOUT = 2.0
+FREEZE_RETRY_SECONDS = 0.5
 
 
 class SnapshotFailed(Exception):
@@ -145,16 +150,26 @@ def sync_dir(src, dst, since_ns, linked):
 def _freeze(name):
     """Freeze the guest: True, or False if it stopped meanwhile.
 
-    A half-frozen cgroup is thawed before anything is raised.
+    A task can hold a freeze back for a while (e.g. one waiting on a FUSE
+    file system such as lxcfs's /proc): the guest is thawed again and the
+    freeze retried, rather than left half frozen for long. A half-frozen
+    cgroup is thawed before anything is raised.
     """
-    try:
-        container.set_frozen(name, True)
-        return True
-    except (OSError, ValueError, TimeoutError) as e:
-        _thaw(name)
-        if container.state(name)[0] != 'STOPPED':
-            raise SnapshotFailed('could not freeze the guest: %s' % e)
-        return False
+    attempt = 1
+    while True:
+        try:
+            container.set_frozen(name, True, FREEZE_TIMEOUT)
+            return True
+        except (OSError, ValueError, TimeoutError) as e:
+            _thaw(name)
+            if container.state(name)[0] == 'STOPPED':
+                return False
+            if not isinstance(e, TimeoutError) or \
+                    attempt == FREEZE_ATTEMPTS:
+                raise SnapshotFailed('could not freeze the guest: %s'
+                                     % e)
+        attempt += 1
+        time.sleep(FREEZE_RETRY_SECONDS)
 
 
 def _thaw(name):

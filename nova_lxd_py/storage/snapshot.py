@@ -48,6 +48,7 @@ from oslo_utils import excutils
 from nova_lxd_py import privsep
 from nova_lxd_py.storage.backends import btrfs
 from nova_lxd_py.storage import frozen_copy
+from nova_lxd_py.virt import config
 from nova_lxd_py.virt import container
 
 CONF = cfg.CONF
@@ -81,25 +82,20 @@ def _inside(path, root):
     return real.startswith(root + os.sep)
 
 
-def _config_values(cdir, key):
+def _config_text(cdir):
     try:
         with open(os.path.join(cdir, container.CONFIG_FILE)) as f:
-            return [line.split('=', 1)[1].strip() for line in f
-                    if line.split('=', 1)[0].strip() == key]
+            return f.read()
     except FileNotFoundError:
         raise SnapshotFailed('the container has no config: it is gone')
 
 
 def _idmap(cdir):
     """(uid, gid, count) of the guest's root on the host; 0s if privileged."""
-    maps = {}
-    for value in _config_values(cdir, 'lxc.idmap'):
-        kind, inside, outside, count = value.split()
-        if inside == '0':
-            maps[kind] = (int(outside), int(count))
-    if not maps:
+    idmap = config.idmap_of(_config_text(cdir))
+    if idmap is None:
         return 0, 0, 65536
-    return maps['u'][0], maps['g'][0], min(maps['u'][1], maps['g'][1])
+    return idmap.uid_start, idmap.gid_start, idmap.size
 
 
 def _source(cdir):
@@ -112,7 +108,7 @@ def _source(cdir):
     the container's directory, so the stream only ever reads a guest's
     tree.
     """
-    paths = _config_values(cdir, 'lxc.rootfs.path')
+    paths = config.config_values(_config_text(cdir), 'lxc.rootfs.path')
     if len(paths) != 1:
         raise SnapshotFailed('the container config has %d root file '
                              'systems' % len(paths))

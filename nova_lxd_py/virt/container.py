@@ -166,8 +166,10 @@ def request_reboot(name: str) -> bool:
 
 
 @privsep.sys_admin_pctxt.entrypoint
-def set_frozen(name: str, frozen: bool) -> None:
-    _set_frozen(_container(name).init_pid, frozen)
+def set_frozen(name: str, frozen: bool, timeout: float = 10.0) -> None:
+    """Freeze or thaw the guest; TimeoutError if its cgroup does not
+    reach that state within ``timeout`` seconds."""
+    _set_frozen(_container(name).init_pid, frozen, timeout)
 
 
 @privsep.sys_admin_pctxt.entrypoint

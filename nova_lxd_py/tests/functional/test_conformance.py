@@ -41,6 +41,7 @@ import warnings  # noqa: E402
 
 import fixtures  # noqa: E402
 from nova.network import model as network_model  # noqa: E402
+from nova import objects  # noqa: E402
 from nova import test  # noqa: E402
 from nova.tests.unit import utils as test_utils  # noqa: E402
 from nova.tests.unit.virt import test_virt_drivers  # noqa: E402
@@ -208,6 +209,23 @@ class LXCDriverConformanceTestCase(test_virt_drivers._VirtDriverTestCase,
     def test_live_migration_force_complete(self):
         # Also pokes libvirt's private ``active_migrations`` dict.
         self.skipTest(LATER_LIVE_MIGRATION)
+
+    def test_unrescue_rescued_instance(self):
+        # The battery's test mocks os.unlink (libvirt's rescue files); with
+        # privsep running in this process that mock reaches the daemon's
+        # removal of the rescue root disk. The same steps, unmocked, and
+        # what they must lead to.
+        instance_ref, network_info = self._get_running_instance()
+        rescue_dir = os.path.join(
+            container.container_dir(instance_ref.uuid), 'rescue')
+        self.connection.rescue(
+            self.ctxt, instance_ref, network_info,
+            objects.ImageMeta.from_dict({}), '', None,
+            objects.ShareMappingList())
+        self.assertTrue(os.path.isdir(rescue_dir))
+        self.connection.unrescue(self.ctxt, instance_ref)
+        self.assertFalse(os.path.lexists(rescue_dir))
+        self.assertEqual('RUNNING', container.state(instance_ref.uuid)[0])
 
     # -- ours, beyond the battery --------------------------------------------
 
