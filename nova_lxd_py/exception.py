@@ -38,6 +38,10 @@ class HostCannotRunContainers(exception.NovaException):
     msg_fmt = _('This host cannot run containers: %(reason)s')
 
 
-class NetworkNotSupported(exception.InvalidInput):
-    msg_fmt = _('Neutron ports are not yet wired into containers by this '
-                'driver; create the server with --nic none. Ports: %(ports)s')
+class VifTypeNotSupported(exception.VirtualInterfacePlugException):
+    msg_fmt = _('Port %(port)s has VIF type %(vif_type)s, which this driver '
+                'cannot plug into a container (it plugs: %(supported)s).')
+
+
+class VifPlugFailed(exception.VirtualInterfacePlugException):
+    msg_fmt = _('Port %(port)s could not be plugged: %(reason)s')

@@ -6,11 +6,13 @@ is tested with tables.
 
 import dataclasses
 import re
+import typing
 import zlib
 
 from oslo_utils import strutils
 
 from nova_lxd_py import exception
+from nova_lxd_py.vif import naming
 
 SPEC_PRIVILEGED = 'lxc:privileged'
 SPEC_NESTING = 'lxc:nesting'
@@ -164,6 +166,44 @@ def cgroup_lines(limits, cgroup_version):
     return lines
 
 
+@dataclasses.dataclass(frozen=True)
+class Nic:
+    """A guest network device: the host device liblxc moves in for it."""
+    link: str               # the veth peer's name on the host
+    hwaddr: str
+    mtu: typing.Optional[int] = None   # None: the kernel's default
+
+
+def nics(network_info):
+    """The guest's devices for Nova's network_info, in port order."""
+    return [Nic(link=naming.peer_name(vif), hwaddr=naming.mac(vif),
+                mtu=naming.mtu(vif)) for vif in network_info or ()]
+
+
+def network_lines(guest_nics):
+    """liblxc keys giving the guest ``guest_nics`` as eth0, eth1 ...
+
+    ``phys``: liblxc moves the existing host device into the container's
+    network namespace before init runs, and back to the host (under its
+    old name) when the container stops; the veth pair itself is made and
+    removed by ``nova_lxd_py.vif``. With no NIC the guest still gets a
+    network namespace of its own, with only a loopback device.
+    """
+    if not guest_nics:
+        return [('lxc.net.0.type', 'empty')]
+    lines = []
+    for index, nic in enumerate(guest_nics):
+        key = 'lxc.net.%d.' % index
+        lines += [(key + 'type', 'phys'),
+                  (key + 'link', naming.checked_ifname(nic.link)),
+                  (key + 'name', naming.guest_name(index)),
+                  (key + 'hwaddr', naming.checked_mac(nic.hwaddr)),
+                  (key + 'flags', 'up')]
+        if nic.mtu:
+            lines.append((key + 'mtu', int(nic.mtu)))
+    return lines
+
+
 _HOSTNAME_BAD = re.compile(r'[^a-z0-9-]+')
 
 
@@ -185,10 +225,11 @@ OVERLAY_USERNS_OPTIONS = 'userxattr'
 
 def build(*, instance_name, hostname, rootfs, idmap, security, limits,
           cgroup_version, init_kind, console_log, console_size_kb,
-          lxcfs_path='', seccomp_profile='', mounts=()):
+          lxcfs_path='', seccomp_profile='', mounts=(), guest_nics=()):
     """Return the full text of a container's liblxc config file.
 
     ``mounts``: (host directory, guest path) pairs bind-mounted read-write.
+    ``guest_nics``: the guest's network devices (Nic), in port order.
     """
     halt, reboot = INIT_SIGNALS.get(init_kind, INIT_SIGNALS['sysv'])
     items = [
@@ -202,8 +243,8 @@ def build(*, instance_name, hostname, rootfs, idmap, security, limits,
         ('lxc.console.logfile', console_log),
         ('lxc.console.size', console_size_kb * 1024),
         ('lxc.console.rotate', 1),
-        ('lxc.net.0.type', 'empty'),
     ]
+    items += network_lines(guest_nics)
     if security.nesting:
         items.append(('lxc.mount.auto', 'cgroup:rw:force proc:rw sys:rw'))
     else:

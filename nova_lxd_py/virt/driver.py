@@ -29,6 +29,7 @@ from nova_lxd_py.storage import formats
 from nova_lxd_py.storage.formats import lxd_templates
 from nova_lxd_py.storage import images
 from nova_lxd_py.storage import snapshot
+from nova_lxd_py.vif import driver as vifs
 from nova_lxd_py.virt import config
 from nova_lxd_py.virt import container
 from nova_lxd_py.virt import host
@@ -202,9 +203,9 @@ class LXCDriver(rescue.RescueMixin, driver.ComputeDriver):
     def spawn(self, context, instance, image_meta, injected_files,
               admin_password, allocations, network_info=None,
               block_device_info=None, power_on=True, accel_info=None):
-        if network_info:
-            raise exception.NetworkNotSupported(
-                ports=', '.join(vif['id'] for vif in network_info))
+        network_info = network_info or []
+        for vif in network_info:   # refused before anything is made
+            vifs.check(vif)
         security = config.security_from_flavor(
             instance.flavor.extra_specs, CONF.lxc.allow_privileged,
             CONF.lxc.allow_nesting)
@@ -212,18 +213,22 @@ class LXCDriver(rescue.RescueMixin, driver.ComputeDriver):
         image = self._images.get(context, instance, image_meta, idmap,
                                  max_bytes=instance.flavor.root_gb << 30)
         try:
+            # The guest's devices must be on the host before liblxc can
+            # move them in at start.
+            vifs.plug_all(instance, network_info)
             self._define(instance, image, idmap, security,
-                         block_device_info)
+                         block_device_info, network_info)
             if power_on:
                 self._start(instance)
         except Exception:
             with excutils.save_and_reraise_exception():
+                self._unplug_quietly(instance, network_info)
                 self._remove(instance)
         LOG.info('Container created from image %s', image_meta.id,
                  instance=instance)
 
     def _define(self, instance, image, idmap, security,
-                block_device_info=None):
+                block_device_info=None, network_info=()):
         cdir = container.container_dir(instance.uuid)
         owner = (idmap.uid_start, idmap.gid_start) if idmap else (0, 0)
         rootfs = self._backend.create(cdir, image.rootfs, *owner,
@@ -246,7 +251,8 @@ class LXCDriver(rescue.RescueMixin, driver.ComputeDriver):
             console_log=os.path.join(cdir, container.CONSOLE_LOG),
             console_size_kb=CONF.lxc.console_log_size_kb,
             lxcfs_path=CONF.lxc.lxcfs_path if host.lxcfs_active() else '',
-            seccomp_profile=seccomp, mounts=mounts)
+            seccomp_profile=seccomp, mounts=mounts,
+            guest_nics=config.nics(network_info))
         container.define(instance.uuid, text)
 
     def _seccomp_profile(self, cdir):
@@ -349,6 +355,13 @@ class LXCDriver(rescue.RescueMixin, driver.ComputeDriver):
     def _remove(self, instance):
         self._remove_dir(instance.uuid)
 
+    @staticmethod
+    def _unplug_quietly(instance, network_info):
+        try:
+            vifs.unplug_all(instance, network_info)
+        except Exception:
+            LOG.exception('Could not unplug the ports', instance=instance)
+
     def _remove_dir(self, name):
         cdir = container.container_dir(name)
         ephemeral.destroy(cdir)
@@ -367,8 +380,24 @@ class LXCDriver(rescue.RescueMixin, driver.ComputeDriver):
     def cleanup(self, context, instance, network_info, block_device_info=None,
                 destroy_disks=True, migrate_data=None, destroy_vifs=True,
                 destroy_secrets=True):
+        if destroy_vifs:
+            vifs.unplug_all(instance, network_info)
         if destroy_disks:
             self._remove(instance)
+
+    # -- networking --------------------------------------------------------
+
+    def plug_vifs(self, instance, network_info):
+        """Re-plug the ports of an existing instance (compute start-up).
+
+        Idempotent: a running guest keeps its devices; the pairs of a
+        stopped one are made again where a host reboot removed them.
+        """
+        for vif in network_info or ():
+            vifs.plug(instance, vif)
+
+    def unplug_vifs(self, instance, network_info):
+        vifs.unplug_all(instance, network_info)
 
     # -- image cache -------------------------------------------------------
 
@@ -477,6 +506,7 @@ class LXCDriver(rescue.RescueMixin, driver.ComputeDriver):
             container.set_frozen(instance.uuid, False)
             container.mark(instance.uuid, SUSPENDED_MARKER, False)
         elif lxc_state != 'RUNNING':
+            self.plug_vifs(instance, network_info)
             self._start(instance)
 
     def reboot(self, context, instance, network_info, reboot_type,
@@ -485,6 +515,7 @@ class LXCDriver(rescue.RescueMixin, driver.ComputeDriver):
         if reboot_type == 'SOFT' and self._soft_reboot(instance):
             return
         container.stop(instance.uuid)
+        self.plug_vifs(instance, network_info)
         self._start(instance)
 
     def _soft_reboot(self, instance):

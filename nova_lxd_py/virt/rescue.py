@@ -42,9 +42,6 @@ class RescueMixin:
         image, as Nova chooses) in ``<container dir>/rescue``. If anything
         fails, the instance is left stopped on its own config.
         """
-        if network_info:
-            raise exception.NetworkNotSupported(
-                ports=', '.join(vif['id'] for vif in network_info))
         if container.state(instance.uuid)[0] == 'UNDEFINED':
             raise nova_exception.InstanceNotFound(instance_id=instance.uuid)
         if not image_meta.obj_attr_is_set('id'):
@@ -53,6 +50,9 @@ class RescueMixin:
                 {'id': instance.image_ref})
         # The compute manager has already asked the guest to shut down.
         self.power_off(instance)
+        # The rescue container keeps the instance's ports (its config's
+        # network lines).
+        self.plug_vifs(instance, network_info)
         own = container.keep_config(instance.uuid)
         try:
             self._start_rescue(context, instance, image_meta, own,

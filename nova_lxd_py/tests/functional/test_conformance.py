@@ -184,12 +184,12 @@ class LXCDriverConformanceTestCase(test_virt_drivers._VirtDriverTestCase,
         """The battery's helper, spawning without the battery's VIF.
 
         The battery spawns with one OVS VIF from get_test_network_info().
-        This driver does not plug Neutron ports yet (networking is a later
-        issue) and refuses any VIF with NetworkNotSupported before it
-        creates anything (test_spawn_with_vif_refused). With that VIF every
-        test needing a running instance would fail on that one refusal and
-        test nothing else, so the instance is spawned as a server created
-        with ``--nic none`` is.
+        This driver plugs only Linux bridge and routed (tap) ports so far
+        and refuses an OVS VIF with VifTypeNotSupported before it creates
+        anything (test_spawn_with_vif_refused). With that VIF every test
+        needing a running instance would fail on that one refusal and test
+        nothing else, so the instance is spawned as a server created with
+        ``--nic none`` is.
         """
         instance_ref = test_utils.get_test_instance(obj=obj)
         image_meta = test_utils.get_test_image_object(None, instance_ref)
@@ -232,7 +232,7 @@ class LXCDriverConformanceTestCase(test_virt_drivers._VirtDriverTestCase,
     def test_spawn_with_vif_refused(self):
         instance_ref = test_utils.get_test_instance(obj=True)
         image_meta = test_utils.get_test_image_object(None, instance_ref)
-        self.assertRaises(exception.NetworkNotSupported,
+        self.assertRaises(exception.VifTypeNotSupported,
                           self.connection.spawn, self.ctxt, instance_ref,
                           image_meta, [], 'herp', {},
                           network_info=test_utils.get_test_network_info())

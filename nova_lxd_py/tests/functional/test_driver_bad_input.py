@@ -185,10 +185,11 @@ class BadInputTest(DriverTestCase):
                           image_id)
         self.assert_nothing_left(instance)
 
-    def test_spawn_with_ports_refused_before_anything(self):
+    def test_spawn_with_unpluggable_port_refused_before_anything(self):
+        # A port without a VIF type (unbound): nothing could plug it.
         instance = self.make_instance()
         self.assertRaises(
-            exception.NetworkNotSupported, self.driver.spawn, self.context,
+            exception.VifTypeNotSupported, self.driver.spawn, self.context,
             instance, self.image_meta(), [], None, {},
             network_info=[{'id': uuidsentinel.port}])
         self.assertEqual(0, self.fetch.call_count)

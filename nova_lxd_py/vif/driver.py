@@ -1,0 +1,130 @@
+"""Plug Neutron ports into containers: one veth pair per port.
+
+The host end, named as Neutron's agents expect (``naming.host_name``), is
+what the port's backend wires: it joins the network's Linux bridge
+('bridge' VIFs) or is left to the agent that routes to it ('tap' VIFs, as
+Calico binds them). The other end waits on the host, down, under a
+temporary name (``naming.peer_name``) until liblxc moves it into the
+container at start (``lxc.net.N.type = phys``, see ``virt.config``): the
+guest's ethN, with the port's MAC and MTU, exists before its init runs.
+When the container stops, liblxc gives the device back to the host under
+the same temporary name, so the next start finds it again.
+
+The host side is done here, not by os-vif: Nova 34 no longer converts
+'bridge' VIFs to os-vif objects (``nova_to_osvif_vif`` raises "Linux bridge
+VIF type is no longer supported"), it leaves 'tap' VIFs to the legacy path
+(no object), and os-vif 5.3 no longer ships a linux_bridge plugin. The
+VIF types os-vif still plugs (the OVS family) will get their own entry in
+HOST_SIDES.
+"""
+
+from nova import exception as nova_exception
+from nova.network import model
+from oslo_log import log as logging
+
+from nova_lxd_py import exception
+from nova_lxd_py.privsep import net
+from nova_lxd_py.vif import naming
+
+LOG = logging.getLogger(__name__)
+
+
+def _join_bridge(vif):
+    bridge = naming.bridge_name(vif)
+    net.ensure_bridge(bridge)
+    return bridge
+
+
+def _routed(vif):
+    # The agent (e.g. Calico's Felix) finds the tap by name and routes the
+    # port's addresses to it; it must not sit in any bridge.
+    return ''
+
+
+# vif_type -> prepares the host side; returns the bridge to join or ''.
+HOST_SIDES = {
+    model.VIF_TYPE_BRIDGE: _join_bridge,
+    model.VIF_TYPE_TAP: _routed,
+}
+
+
+def check(vif):
+    """Refuse a VIF we cannot plug, before anything is created for it."""
+    if vif.get('type') not in HOST_SIDES:
+        raise exception.VifTypeNotSupported(
+            port=vif.get('id'), vif_type=vif.get('type'),
+            supported=', '.join(sorted(HOST_SIDES)))
+    try:
+        naming.host_name(vif)
+        naming.peer_name(vif)
+        naming.mac(vif)
+        naming.mtu(vif)
+        if vif['type'] == model.VIF_TYPE_BRIDGE:
+            naming.bridge_name(vif)
+    except naming.InvalidVif as e:
+        raise exception.VifPlugFailed(port=vif.get('id'), reason=e)
+
+
+def plug(instance, vif):
+    """Make the port's veth pair and wire its host end; idempotent."""
+    check(vif)
+    try:
+        bridge = HOST_SIDES[vif['type']](vif)
+        net.ensure_veth(naming.host_name(vif), naming.peer_name(vif),
+                        naming.mac(vif), naming.mtu(vif) or 0, bridge)
+    except Exception as e:
+        raise exception.VifPlugFailed(port=vif['id'], reason=e) from e
+    LOG.debug('Port %(port)s plugged as %(dev)s', {
+        'port': vif['id'], 'dev': naming.host_name(vif)}, instance=instance)
+
+
+def unplug(instance, vif):
+    """Delete the port's veth pair, wherever its guest end is.
+
+    The bridge stays, as with os-vif's linux_bridge plugin: other ports
+    may use it, and the network's agent removes it with the network.
+    """
+    try:
+        names = (naming.host_name(vif), naming.peer_name(vif))
+    except naming.InvalidVif as e:
+        LOG.warning('Not unplugging a VIF: %s', e, instance=instance)
+        return
+    try:
+        # The peer alone is left only by a pair made half way.
+        if not net.delete_veth(names[0]):
+            net.delete_veth(names[1])
+    except Exception as e:
+        raise nova_exception.VirtualInterfaceUnplugException(
+            reason='port %s: %s' % (vif.get('id'), e)) from e
+
+
+def plug_all(instance, network_info):
+    """Plug every port, or none: on a failure the ones plugged (and the
+    one that failed) are unplugged again before the error is raised."""
+    for vif in network_info:
+        check(vif)
+    done = []
+    try:
+        for vif in network_info:
+            done.append(vif)
+            plug(instance, vif)
+    except Exception:
+        for vif in reversed(done):
+            try:
+                unplug(instance, vif)
+            except Exception:
+                LOG.exception('Could not unplug port %s after a failed '
+                              'plug', vif.get('id'), instance=instance)
+        raise
+
+
+def unplug_all(instance, network_info):
+    """Unplug every port; the first error is raised after trying all."""
+    errors = []
+    for vif in network_info or ():
+        try:
+            unplug(instance, vif)
+        except Exception as e:
+            errors.append(e)
+    if errors:
+        raise errors[0]
