@@ -58,9 +58,11 @@ CONTAINER_TRAIT=CUSTOM_SYSTEM_CONTAINER_HOST
 COMPUTE='^tempest\.api\.compute\.(servers|images)\.'
 # Smoke: the smoke-tagged tests, and one class of server actions that only
 # needs what the driver has (hard reboot, stop/start, pause, suspend, rebuild,
-# console log, lock).
+# console log, lock), and the storage actions of #5 (snapshot to an image,
+# shelve, rescue).
 SMOKE_REGEX="$COMPUTE.*\\[.*\\bsmoke\\b"
 SMOKE_REGEX="($SMOKE_REGEX|^tempest\\.api\\.compute\\.servers\\.test_server_actions\\.ServerActionsTestJSON\\.test_(reboot_server_hard|stop_start_server|pause_unpause_server|suspend_resume_server|rebuild_server|get_console_output|lock_unlock_server)\\b)"
+SMOKE_REGEX="($SMOKE_REGEX|^tempest\\.api\\.compute\\.images\\.test_images_oneserver\\.ImagesOneServerTestJSON\\.test_create_delete_image\\b|^tempest\\.api\\.compute\\.servers\\.test_server_actions\\.ServerActionsTestOtherB\\.test_shelve_(unshelve|paused)_server\\b|^tempest\\.api\\.compute\\.servers\\.test_server_rescue\\.ServerRescueTestJSON\\.test_rescue_unrescue_instance\\b)"
 FULL_REGEX=$COMPUTE
 
 die() { echo "tempest/run.sh: $*" >&2; exit 1; }
