@@ -82,6 +82,8 @@ from nova_lxd_py.virt import container  # noqa: E402
 from nova_lxd_py.virt import driver as lxc_driver  # noqa: E402
 from nova_lxd_py.virt import host  # noqa: E402
 
+import _btrfs  # noqa: E402
+
 CONF = nova_conf.CONF
 IMAGE_ID = 'b3f1c0de-0000-4000-8000-00000000500a'
 TARGET = 0.8
@@ -133,7 +135,6 @@ while not select.select([sys.stdin], [], [], 0.001)[0]:
     polls += 1
 print(stall, gap, polls, flush=True)
 """
-UNMOUNT_WAIT_S = 10
 BTRFS_FS_MB = 1024   # beyond 3x --size-mb: the image, metadata, the log
 
 
@@ -212,98 +213,6 @@ def plain_tar(argv, compress, live=False):
         if code != 0:
             raise RuntimeError('%s failed' % proc.args[0])
     return total
-
-
-class LoopBtrfs:
-    """A btrfs in a sparse file, loop-mounted for the run.
-
-    As the functional tests' fixture of the same name: ``close`` kills the
-    run's containers, unmounts everything below the mount point and then
-    it (the loop device, made with autoclear, goes with it; a leftover is
-    detached) and removes the file, whatever happened before.
-    """
-
-    def __init__(self, base):
-        self.image = os.path.join(base, 'btrfs.img')
-        self.path = os.path.join(base, 'btrfs')
-        self.lazy = []
-
-    def make(self, size_mb):
-        with open(self.image, 'wb') as f:
-            f.truncate(size_mb << 20)
-        subprocess.run(['mkfs.btrfs', '-q', '-f', self.image], check=True,
-                       stdout=subprocess.DEVNULL)
-        os.mkdir(self.path, 0o755)
-        subprocess.run(['mount', '-t', 'btrfs', '-o', 'loop', self.image,
-                        self.path], check=True)
-        os.chmod(self.path, 0o755)   # the guest's root passes through
-
-    def close(self):
-        stop_containers(os.path.join(self.path, 'containers'))
-        for point in sorted(mounts_under(self.path), reverse=True):
-            if unmount(point):
-                self.lazy.append(point)
-        if os.path.exists(self.image):
-            out = subprocess.run(['losetup', '-j', self.image],
-                                 capture_output=True, text=True).stdout
-            for line in out.splitlines():
-                subprocess.run(['losetup', '-d', line.split(':', 1)[0]])
-            os.unlink(self.image)
-
-
-def mounts_under(path):
-    """Mount points at or below ``path`` in this mount namespace."""
-    with open('/proc/self/mountinfo') as f:
-        points = [line.split()[4] for line in f]
-    return [p for p in points
-            if p == path or p.startswith(path.rstrip('/') + '/')]
-
-
-def own_files_under(path):
-    """Files below ``path`` this process holds open.
-
-    liblxc, loaded in this process, keeps its log (the container's
-    lxc.log, removed with the container) open until another container's
-    config is loaded: the file system stays busy until we exit.
-    """
-    held = []
-    for fd in os.listdir('/proc/self/fd'):
-        try:
-            target = os.readlink('/proc/self/fd/%s' % fd)
-        except OSError:
-            continue
-        if target.startswith(path.rstrip('/') + '/'):
-            held.append(target)
-    return held
-
-
-def unmount(path, lazy_below=()):
-    """Unmount ``path``, waiting a little for a killed guest's processes to
-    let go of it; lazily (it goes once the last user closes it) if this
-    process holds a file there, if a file system it holds (``lazy_below``)
-    is still in use, or if it stays busy. True if lazily."""
-    deadline = time.monotonic() + UNMOUNT_WAIT_S
-    while subprocess.run(['umount', path], stderr=subprocess.DEVNULL,
-                         ).returncode:
-        held = own_files_under(path) + [
-            p for p in lazy_below if p.startswith(path.rstrip('/') + '/')]
-        if held or time.monotonic() > deadline:
-            print('%s is busy (%s): unmounted lazily; it goes when this '
-                  'process exits' % (path, ', '.join(sorted(set(held))) or
-                                     'not by us'), file=sys.stderr)
-            subprocess.run(['umount', '--lazy', path], check=True)
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def stop_containers(lxcpath):
-    """Kill what is left running in this run's own lxcpath."""
-    if not os.path.isdir(lxcpath):
-        return
-    for name in os.listdir(lxcpath):
-        subprocess.run(['lxc-stop', '-k', '-n', name, '-P', lxcpath],
-                       capture_output=True)
 
 
 class Bench:
@@ -514,7 +423,7 @@ def measure(base, args):
     in its own lxcpath, the btrfs and the tmpfs it mounted, ``base``.
     """
     tmpfs = not args.on_disk
-    fs = LoopBtrfs(base) if args.backend == 'btrfs' else None
+    fs = _btrfs.LoopBtrfs(base) if args.backend == 'btrfs' else None
     top = fs.path if fs else base
     bench = None
     try:
@@ -542,10 +451,10 @@ def cleanup(base, top, fs, bench, tmpfs):
     """Each step runs even if one before it failed (the first error is
     raised at the end, after everything was tried)."""
     steps = [lambda: bench and bench.close(),
-             lambda: stop_containers(os.path.join(top, 'containers')),
+             lambda: _btrfs.stop_containers(os.path.join(top, 'containers')),
              lambda: fs and fs.close()]
     if tmpfs:
-        steps.append(lambda: unmount(base, fs.lazy if fs else ()))
+        steps.append(lambda: _btrfs.unmount(base, fs.lazy if fs else ()))
     steps.append(lambda: shutil.rmtree(base))
     failed = []
     for step in steps:
@@ -611,9 +520,8 @@ def main():
     args = parse_args()
     if os.geteuid() != 0:
         sys.exit('run as root: a container is started for real')
-    if args.backend == 'btrfs' and not shutil.which('mkfs.btrfs'):
-        sys.exit('--backend btrfs needs mkfs.btrfs and btrfs '
-                 '(Debian package btrfs-progs)')
+    if args.backend == 'btrfs' and _btrfs.missing_tools():
+        sys.exit(_btrfs.missing_tools())
     # A kill runs the clean-up too (an interrupt does already).
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(
         'killed: cleaning up'))

@@ -7,7 +7,13 @@ every variant once, in an order rotating between rounds: ``baseline``
 (``LXCDriver.spawn``/``destroy``, privsep entrypoints in this process) and
 ``driver-psd`` (through a real privsep daemon). Then, untimed, each step of
 spawn and destroy is timed, and a few containers of each kind are kept up
-to read their memory. benchmarks/README.md has the details.
+to read their memory.
+
+``--backend`` and ``--root-gb`` choose the driver's root disk (``[lxc]
+root_disk_backend`` and the flavor's ``root_gb``); for ``btrfs`` the run
+works on a loop-mounted btrfs made for it. ``--write-mb N`` then times a
+guest writing N MB to its root (``dd ... conv=fsync``) with that root disk
+and with ``root_gb`` 0. benchmarks/README.md has the details.
 """
 
 import argparse
@@ -21,7 +27,9 @@ import logging
 import math
 import os
 import platform
+import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -41,6 +49,8 @@ from oslo_utils import uuidutils  # noqa: E402
 from nova_lxd_py import privsep  # noqa: E402
 from nova_lxd_py.privsep import fs  # noqa: E402
 from nova_lxd_py.storage import backends  # noqa: E402
+from nova_lxd_py.storage.backends import btrfs  # noqa: E402
+from nova_lxd_py.storage.backends import disk  # noqa: E402
 from nova_lxd_py.storage import images  # noqa: E402
 from nova_lxd_py.tests import guest_image  # noqa: E402
 from nova_lxd_py.virt import config  # noqa: E402
@@ -48,12 +58,21 @@ from nova_lxd_py.virt import container  # noqa: E402
 from nova_lxd_py.virt import driver as lxc_driver  # noqa: E402
 from nova_lxd_py.virt import host  # noqa: E402
 
+import _btrfs  # noqa: E402
+
 CONF = nova_conf.CONF
 HERE = os.path.dirname(os.path.abspath(__file__))
 IMAGE_ID = 'b3f1c0de-0000-4000-8000-00000000be0c'
 TARGET_RATIO = 1.5
 OPS = ('spawn', 'delete')
 CDIR = '@CDIR@'
+BACKENDS = tuple(backends.BACKENDS)
+BTRFS_FS_MB = 2048   # plus the guests' writes; sparse
+WRITE_ROUNDS = 3
+# Busybox's time applet: "real\t0m 1.23s" on stderr (centiseconds).
+WRITE_SCRIPT = ('time dd if=/dev/zero of=/root/f bs=1M count=%d conv=fsync '
+                '2>&1 && rm /root/f')
+REAL_TIME = re.compile(r'real\s+(\d+)m\s*([0-9.]+)s')
 MEMORY = {'payload': 'payload', 'monitor_rss': 'monitor RSS',
           'monitor_pss': 'PSS', 'monitor_uss': 'USS'}
 
@@ -71,7 +90,11 @@ lxc.mount.auto = cgroup:mixed proc:mixed sys:mixed
 
 # Modules whose functions the profile times, and helpers it leaves out.
 PROFILED = ((container, ('_checked', 'container_dir')), (host, ()),
-            (config, ('_bool', '_spec')), (fs, ('_owned',)))
+            (config, ('_bool', '_spec')), (fs, ('_owned',)),
+            (disk, ('_files', '_confined', '_run', 'image_path',
+                    'mount_point', 'names')),
+            (btrfs, ('fs_magic', 'fs_uuid', 'existing_ancestor', '_inside',
+                     'qgroup_limit_arg', 'is_subvolume', '_subvolume_id')))
 
 
 # -- the two ways to make a container ----------------------------------------
@@ -79,10 +102,11 @@ PROFILED = ((container, ('_checked', 'container_dir')), (host, ()),
 class Baseline:
     """Raw liblxc tools on a hand-made container directory."""
 
-    def __init__(self, lxcpath, config, idmap):
+    def __init__(self, lxcpath, config, idmap, files=None):
         self.lxcpath = lxcpath
         self.config = config   # its text, CDIR standing for the container dir
         self.idmap = idmap
+        self.files = files or {}   # other files the config reads: text
         os.makedirs(lxcpath, mode=0o711, exist_ok=True)
 
     def _lxc(self, tool, name, *args, check=True):
@@ -99,6 +123,9 @@ class Baseline:
                      self.idmap.gid_start)
         with open(os.path.join(cdir, 'config'), 'w') as f:
             f.write(self.config.replace(CDIR, cdir))
+        for rel, text in self.files.items():
+            with open(os.path.join(cdir, rel), 'w') as f:
+                f.write(text)
         self._lxc('lxc-start', name, '-o', os.path.join(cdir, 'lxc.log'),
                   '-l', 'WARN')
 
@@ -114,13 +141,13 @@ class Driver:
     """LXCDriver called as the compute manager calls it; privsep
     entrypoints run in this process, or with ``daemon`` in privsep-helper."""
 
-    def __init__(self, daemon=False):
+    def __init__(self, daemon=False, root_gb=0):
         self.daemon = daemon
         self.driver = lxc_driver.LXCDriver(fake.FakeVirtAPI())
         self.driver.init_host(host='bench')
         self.flavor = objects.Flavor(
             name='bench.tiny', flavorid='bench', memory_mb=256, vcpus=1,
-            root_gb=1, ephemeral_gb=0, swap=0, extra_specs={})
+            root_gb=root_gb, ephemeral_gb=0, swap=0, extra_specs={})
         self.image_meta = objects.ImageMeta.from_dict(
             {'id': IMAGE_ID, 'disk_format': 'raw',
              'container_format': 'bare'})
@@ -198,7 +225,12 @@ def profile(drv, runs):
     depth = run = 0
 
     def wrap(owner, attr, label):
-        original = getattr(owner, attr)
+        # As stored: a static method must stay one (called on an instance,
+        # a plain function would get the instance too).
+        raw = vars(owner).get(attr)
+        kind = type(raw) if isinstance(raw, (staticmethod, classmethod)) \
+            else None
+        original = raw.__func__ if kind else getattr(owner, attr)
 
         @functools.wraps(original)
         def timed_call(*args, **kwargs):
@@ -214,8 +246,8 @@ def profile(drv, runs):
                 depth -= 1
                 times[run] += (time.perf_counter() - start) * 1000.0
 
-        setattr(owner, attr, timed_call)
-        patched.append((owner, attr, original))
+        setattr(owner, attr, kind(timed_call) if kind else timed_call)
+        patched.append((owner, attr, raw))
 
     for module, skip in PROFILED:
         for attr, value in list(vars(module).items()):
@@ -243,8 +275,11 @@ def profile(drv, runs):
             drv.spawn(name)
             drv.delete(name)
     finally:
-        for owner, attr, original in reversed(patched):
-            setattr(owner, attr, original)
+        for owner, attr, raw in reversed(patched):
+            if raw is None:   # inherited
+                delattr(owner, attr)
+            else:
+                setattr(owner, attr, raw)
     return [{'depth': key[0], 'step': key[1],
              'median_ms': statistics.median(values),
              'calls_per_run': counts[key] / runs}
@@ -305,17 +340,53 @@ def density(variants, count, settle=1.0):
     return result
 
 
+# -- guest writes ------------------------------------------------------------
+
+def guest_write(drv, mb):
+    """Seconds a fresh guest of ``drv`` takes to write ``mb`` MiB of zeros
+    to its root and fsync them, by busybox's ``time`` in the guest (the
+    attach is not counted)."""
+    name = uuidutils.generate_uuid()
+    drv.spawn(name)
+    try:
+        code, out = container.run_in_guest(
+            name, ['sh', '-c', WRITE_SCRIPT % mb], 600)
+    finally:
+        drv.delete(name)
+    found = REAL_TIME.search(out)
+    if code or not found:
+        raise RuntimeError('guest write failed (%d): %s' % (code, out))
+    return int(found.group(1)) * 60 + float(found.group(2))
+
+
+def write_throughput(drivers, mb):
+    """MB/s (10^6 bytes) of guest writes for each root_gb in ``drivers``,
+    a fresh guest per write, alternating between them."""
+    seconds = {root_gb: [] for root_gb in drivers}
+    for i in range(WRITE_ROUNDS):
+        order = sorted(drivers, reverse=bool(i % 2))
+        for root_gb in order:
+            seconds[root_gb].append(guest_write(drivers[root_gb], mb))
+    return {'mib': mb, 'rounds': WRITE_ROUNDS, 'by_root_gb': {
+        root_gb: {'seconds': s, 'mb_per_s': [(mb << 20) / 1e6 / x
+                                             for x in s],
+                  'median_mb_per_s': (mb << 20) / 1e6 / statistics.median(s)}
+        for root_gb, s in seconds.items()}}
+
+
 # -- setup, report -----------------------------------------------------------
 
-def configure(base):
+def configure(base, top, backend):
     """A nova.conf for this run, shared with the privsep daemon, with
-    absolute paths: the daemon cannot expand '$instances_path/...'."""
+    absolute paths: the daemon cannot expand '$instances_path/...'.
+    The driver's directories are in ``top``: ``base`` or a btrfs there."""
     objects.register_all()
     path = os.path.join(base, 'nova.conf')
     with open(path, 'w') as f:
         f.write('[DEFAULT]\ninstances_path = %s\n'
                 '[lxc]\ncontainer_path = %s/containers\n'
-                'image_cache_path = %s/_base_lxc\n' % (base, base, base))
+                'image_cache_path = %s/_base_lxc\n'
+                'root_disk_backend = %s\n' % (top, top, top, backend))
     CONF(['--config-file', path], project='nova', default_config_files=[])
     CONF.set_override(
         'helper_command', '%s --config-file %s' % (
@@ -324,12 +395,16 @@ def configure(base):
     privsep.sys_admin_pctxt.client_mode = False
 
 
-def kill_everything(base):
-    for lxcpath in (CONF.lxc.container_path, os.path.join(base, 'baseline')):
-        if os.path.isdir(lxcpath):
-            for name in os.listdir(lxcpath):
-                subprocess.run(['lxc-stop', '-k', '-n', name, '-P', lxcpath],
-                               capture_output=True, check=False)
+def kill_everything(base, top, fs):
+    """Kill the containers left in this run's lxcpaths, unmount what is
+    still mounted below ``base`` (root disks of killed guests, the btrfs;
+    their loop devices go with them) and remove it all."""
+    for lxcpath in ('containers', 'baseline'):
+        _btrfs.stop_containers(os.path.join(top, lxcpath))
+    if fs:
+        fs.close()
+    for point in sorted(_btrfs.mounts_under(base), reverse=True):
+        _btrfs.unmount(point)
     shutil.rmtree(base, ignore_errors=True)
 
 
@@ -338,7 +413,9 @@ def _mib(value):
 
 
 def print_report(r, args):
-    print('\nms over %d runs of each; last column: ratio to the baseline of '
+    print('\nroot disk: backend %s, root_gb %d (%s)' % (
+        r['backend'], r['root_gb'], r['storage']))
+    print('ms over %d runs of each; last column: ratio to the baseline of '
           'the median (of the min)\n%-12s %-7s %8s %8s %8s' % (
               args.runs, 'variant', 'op', 'min', 'median', 'p90'))
     for label, ops in r['stats_ms'].items():
@@ -369,6 +446,13 @@ def print_report(r, args):
         for label, m in r['memory'].items():
             print('  %-12s' % label + ''.join('%12s' % _mib(m[key])
                                               for key in MEMORY))
+    if r['write']:
+        print('\nguest writes of %d MiB (dd conv=fsync), a fresh guest each, '
+              'MB/s:' % r['write']['mib'])
+        for root_gb, w in r['write']['by_root_gb'].items():
+            print('  root_gb %-3s median %7.1f   runs: %s' % (
+                root_gb, w['median_mb_per_s'],
+                ', '.join('%.1f' % x for x in w['mb_per_s'])))
     print('load average (1, 5, 15 min) before the timed rounds: %s; after: '
           '%s' % (r['loadavg_before'], r['loadavg_after']))
 
@@ -382,6 +466,14 @@ def main():
             ('--density', 5, 'containers of each kind kept up together to '
              'read memory (0: off)')):
         parser.add_argument(flag, type=int, default=default, help=text)
+    parser.add_argument('--backend', choices=BACKENDS, default='overlay',
+                        help='[lxc] root_disk_backend of the driver; btrfs '
+                             'runs on a loop-mounted btrfs made for the run')
+    parser.add_argument('--root-gb', type=int, default=0,
+                        help='the flavor\'s root_gb (0: no size limit)')
+    parser.add_argument('--write-mb', type=int, default=0,
+                        help='MiB a guest writes with dd, with this root '
+                             'disk and with root_gb 0 (0: off)')
     parser.add_argument('--privsep-daemon', default=True,
                         action=argparse.BooleanOptionalAction,
                         help='also time the driver through a real privsep '
@@ -393,17 +485,29 @@ def main():
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit('run as root: containers are started for real')
+    if args.backend == 'btrfs' and _btrfs.missing_tools():
+        sys.exit(_btrfs.missing_tools())
+    if args.root_gb and args.write_mb > args.root_gb * 1024 * 0.8:
+        sys.exit('--write-mb must leave room in --root-gb (at most 80%%: '
+                 '%d)' % (args.root_gb * 1024 * 0.8))
     # The daemon relays its own import warnings as "privsep log" lines.
     logging.getLogger('oslo.privsep').setLevel(logging.ERROR)
+    # A kill runs the clean-up too (an interrupt does already).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(
+        'killed: cleaning up'))
 
     base = tempfile.mkdtemp(prefix='nova-lxd-py-bench-')
     os.chmod(base, 0o755)   # guests' root must reach the image cache
-    configure(base)
+    fs = _btrfs.LoopBtrfs(base) if args.backend == 'btrfs' else None
+    top = fs.path if fs else base
     try:
-        result = bench(base, args)
+        if fs:
+            fs.make(BTRFS_FS_MB + 2 * args.write_mb)
+        configure(base, top, args.backend)
+        result = bench(base, top, args)
     finally:
         if not args.keep:
-            kill_everything(base)
+            kill_everything(base, top, fs)
     print_report(result, args)
     output = args.output or os.path.join(
         HERE, 'results', 'spawn-%s.json' %
@@ -414,7 +518,39 @@ def main():
     print('\nJSON: %s' % output)
 
 
-def bench(base, args):
+def baseline_root(text, lower):
+    """The driver's config text on the baseline's root: an overlay over
+    the cached image with a plain upper dir in the container dir (the
+    driver's root disk, a file system image or a copy, is its own)."""
+    root = 'lxc.rootfs.path = overlay:%s:%s/upper' % (lower, CDIR)
+    text = re.sub(r'(?m)^lxc\.rootfs\.path\s*=.*$', lambda m: root, text)
+    if not re.search(r'(?m)^lxc\.rootfs\.options\s*=', text):
+        text = text.replace(root, '%s\nlxc.rootfs.options = %s' % (
+            root, config.OVERLAY_USERNS_OPTIONS))
+    return text
+
+
+def files_read(text, cdir):
+    """{name: text} of the files in the driver's container dir that its
+    config reads (e.g. the seccomp policy of its own the btrfs backend
+    writes), for the same-cfg containers; logs are left out."""
+    found = {}
+    for line in text.splitlines():
+        key, _, value = (part.strip() for part in line.partition('='))
+        if value.startswith(cdir + '/') and os.path.isfile(value) and \
+                not key.endswith(('.logfile', '.log.file')):
+            with open(value) as f:
+                found[os.path.relpath(value, cdir)] = f.read()
+    return found
+
+
+def storage_of(top):
+    found = subprocess.run(['findmnt', '-n', '-o', 'FSTYPE,SOURCE', '-T',
+                            top], capture_output=True, text=True).stdout
+    return '%s: %s' % (top, ' on '.join(found.split()) or '?')
+
+
+def bench(base, top, args):
     tarball = guest_image.write_tarball(os.path.join(base, 'busybox.tar.gz'),
                                         'bench')
     fetched = []
@@ -432,7 +568,7 @@ def bench(base, args):
 
     glance.API = LocalGlance
     idmap = host.idmap()
-    drv = Driver()
+    drv = Driver(root_gb=args.root_gb)
 
     # Warm the image cache; the baselines then use the very same tree.
     name = uuidutils.generate_uuid()
@@ -440,18 +576,21 @@ def bench(base, args):
     driver_cdir = container.container_dir(name)
     with open(os.path.join(driver_cdir, 'config')) as f:
         driver_config = f.read()
+    files = files_read(driver_config, driver_cdir)
     drv.delete(name)
     cached, _ = drv.driver._images.ensure(None, IMAGE_ID, idmap, 0)
     configs = {
         'baseline': BASELINE_CONFIG.format(
             lower=cached.rootfs, cdir=CDIR, uid=idmap.uid_start,
             gid=idmap.gid_start, size=idmap.size),
-        'same-cfg': driver_config.replace(driver_cdir, CDIR)}
-    variants = {label: Baseline(os.path.join(base, 'baseline'), text, idmap)
+        'same-cfg': baseline_root(driver_config.replace(driver_cdir, CDIR),
+                                  cached.rootfs)}
+    variants = {label: Baseline(os.path.join(top, 'baseline'), text, idmap,
+                                files if label == 'same-cfg' else None)
                 for label, text in configs.items()}
     variants['driver'] = drv
     if args.privsep_daemon:
-        variants['driver-psd'] = Driver(daemon=True)
+        variants['driver-psd'] = Driver(daemon=True, root_gb=args.root_gb)
     load_before = [round(x, 2) for x in os.getloadavg()]
     samples = run_rounds(variants, args.runs, args.warmup)
     load_after = [round(x, 2) for x in os.getloadavg()]
@@ -480,7 +619,13 @@ def bench(base, args):
         'driver_steps': profile(drv, args.profile_runs)
         if args.profile_runs else [],
         'memory': density(variants, args.density) if args.density else {},
-        'configs': configs,
+        'write': write_throughput(
+            {gb: Driver(root_gb=gb) for gb in {0, args.root_gb}},
+            args.write_mb) if args.write_mb else {},
+        'backend': args.backend, 'root_gb': args.root_gb,
+        'storage': storage_of(top),
+        'driver_config': driver_config,
+        'configs': configs, 'same_cfg_files': sorted(files),
         'image_cache_entry': cached.path,
     }
 
