@@ -57,6 +57,7 @@ from nova_lxd_py.virt import config  # noqa: E402
 from nova_lxd_py.virt import container  # noqa: E402
 from nova_lxd_py.virt import driver as lxc_driver  # noqa: E402
 from nova_lxd_py.virt import host  # noqa: E402
+from nova_lxd_py.virt import templates  # noqa: E402
 
 import _btrfs  # noqa: E402
 
@@ -90,6 +91,7 @@ lxc.mount.auto = cgroup:mixed proc:mixed sys:mixed
 
 # Modules whose functions the profile times, and helpers it leaves out.
 PROFILED = ((container, ('_checked', 'container_dir')), (host, ()),
+            (templates, ('_template_dirs',)),
             (config, ('_bool', '_spec')), (fs, ('_owned',)),
             (disk, ('_files', '_confined', '_run', 'image_path',
                     'mount_point', 'names')),

@@ -17,7 +17,6 @@ from nova.virt import node
 from oslo_log import log as logging
 from oslo_serialization import jsonutils
 from oslo_utils import excutils
-from oslo_utils import uuidutils
 import os_resource_classes as orc
 
 from nova_lxd_py import conf
@@ -26,14 +25,15 @@ from nova_lxd_py.privsep import fs
 from nova_lxd_py.storage import backends
 from nova_lxd_py.storage import ephemeral
 from nova_lxd_py.storage import formats
-from nova_lxd_py.storage.formats import lxd_templates
 from nova_lxd_py.storage import images
 from nova_lxd_py.storage import snapshot
 from nova_lxd_py.vif import driver as vifs
 from nova_lxd_py.virt import config
 from nova_lxd_py.virt import container
 from nova_lxd_py.virt import host
+from nova_lxd_py.virt import orphans
 from nova_lxd_py.virt import rescue
+from nova_lxd_py.virt import templates
 
 CONF = conf.CONF
 LOG = logging.getLogger(__name__)
@@ -41,7 +41,6 @@ LOG = logging.getLogger(__name__)
 CONTAINER_HOST_TRAIT = 'CUSTOM_SYSTEM_CONTAINER_HOST'
 MAX_CONSOLE_BYTES = 100 * 1024
 SUSPENDED_MARKER = 'suspended'
-ORPHAN_GRACE_SECONDS = 600
 
 # liblxc state -> Nova power state; FROZEN depends on pause vs suspend.
 POWER_STATES = {
@@ -75,7 +74,8 @@ def image_capabilities(enabled):
                          'vhd', 'vhdx', 'vmdk', 'ploop')}
 
 
-class LXCDriver(rescue.RescueMixin, driver.ComputeDriver):
+class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
+                driver.ComputeDriver):
     capabilities = dict(
         driver.ComputeDriver.capabilities,
         has_imagecache=True,
@@ -234,7 +234,8 @@ class LXCDriver(rescue.RescueMixin, driver.ComputeDriver):
         rootfs = self._backend.create(cdir, image.rootfs, *owner,
                                       size_gb=instance.flavor.root_gb)
         hostname = config.guest_hostname(instance.hostname, 'instance')
-        self._render_templates(cdir, image, owner, hostname, instance)
+        templates.render(self._backend.writable_root(cdir), image, owner,
+                         hostname, instance)
         mounts = ephemeral.create(
             cdir, ephemeral.wanted(instance, block_device_info), *owner)
         swap = self._swap_accounting(instance)
@@ -290,56 +291,6 @@ class LXCDriver(rescue.RescueMixin, driver.ComputeDriver):
                         'swapaccount=1 on cgroup v1).', instance.flavor.swap,
                         instance=instance)
         return swap
-
-    def _render_templates(self, cdir, image, owner, hostname, instance):
-        """Write an LXD image's create/start templates into the new root.
-
-        Rendered once, before the first start, into the backend's writable
-        layer (a fresh directory, so nothing the guest made is followed).
-        A template whose directory is not a plain directory in the image is
-        skipped with a warning rather than written through a link.
-        """
-        templates = image.meta.get('templates') or {}
-        top = self._backend.writable_root(cdir)
-        for guest_path, spec in sorted(templates.items()):
-            parts = [p for p in guest_path.split('/') if p not in ('', '.')]
-            if not parts or '..' in parts:
-                continue
-            made = self._template_dirs(image.rootfs, top, parts[:-1])
-            lower = os.path.join(image.rootfs, *parts)
-            if not made or os.path.islink(lower) or (
-                    os.path.lexists(lower) and not os.path.isfile(lower)):
-                LOG.warning('LXD template for %s skipped: the image has a '
-                            'link or a non-file on its path', guest_path,
-                            instance=instance)
-                continue
-            mode = os.lstat(lower).st_mode & 0o7777 \
-                if os.path.lexists(lower) else 0o644
-            try:
-                text = lxd_templates.render(spec['template'], {
-                    'container': {'name': hostname},
-                    'instance': {'name': hostname},
-                    'properties': spec.get('properties') or {}})
-            except lxd_templates.TemplateError as e:
-                LOG.warning('LXD template for %(path)s skipped: %(err)s',
-                            {'path': guest_path, 'err': e},
-                            instance=instance)
-                continue
-            fs.write_file(os.path.join(top, *parts), text.encode(), *owner,
-                          mode)
-
-    @staticmethod
-    def _template_dirs(image_root, top, parts):
-        """Mirror the image's directories ``parts`` in ``top``; False if
-        one of them is a link or not a directory in the image."""
-        for i in range(1, len(parts) + 1):
-            lower = os.path.join(image_root, *parts[:i])
-            if os.path.islink(lower) or not os.path.isdir(lower):
-                return False
-            st = os.lstat(lower)
-            fs.make_dir(os.path.join(top, *parts[:i]), st.st_uid, st.st_gid,
-                        st.st_mode & 0o7777)
-        return True
 
     def _start(self, instance):
         cdir = container.container_dir(instance.uuid)
@@ -422,55 +373,6 @@ class LXCDriver(rescue.RescueMixin, driver.ComputeDriver):
             CONF.image_cache.remove_unused_original_minimum_age_seconds)
         if removed:
             LOG.info('Image cache: removed %d unused entries', len(removed))
-
-    # -- orphans -----------------------------------------------------------
-
-    def _orphans(self, known):
-        """Container directories that belong to no instance.
-
-        ``known``: uuids of the host's instances (the periodic pass), or
-        None at start-up, when only a directory liblxc has no config in
-        (half made or half removed) is surely an orphan. Directories
-        younger than ORPHAN_GRACE_SECONDS may be a spawn in progress.
-        """
-        top = CONF.lxc.container_path
-        try:
-            names = os.listdir(top)
-        except FileNotFoundError:
-            return []
-        now = time.time()
-        found = []
-        for name in sorted(names):
-            path = os.path.join(top, name)
-            if not uuidutils.is_uuid_like(name) or not os.path.isdir(path):
-                continue
-            if now - os.stat(path).st_mtime < ORPHAN_GRACE_SECONDS:
-                continue
-            has_config = os.path.exists(os.path.join(path,
-                                                     container.CONFIG_FILE))
-            if (known is None and not has_config) or (
-                    known is not None and name not in known):
-                found.append(name)
-        return found
-
-    def _handle_orphans(self, known):
-        for name in self._orphans(known):
-            cdir = container.container_dir(name)
-            mounted = [p for p in (os.path.join(cdir, d) for d in
-                                   os.listdir(cdir)) if os.path.ismount(p)]
-            if not CONF.lxc.remove_orphans:
-                LOG.warning('Container %(name)s has no instance on this host '
-                            '(its disks: %(mounts)s); set [lxc] '
-                            'remove_orphans to remove such leftovers.',
-                            {'name': name, 'mounts': mounted or 'none'})
-                continue
-            LOG.warning('Removing container %s, which has no instance on '
-                        'this host', name)
-            try:
-                container.stop(name)
-                self._remove_dir(name)
-            except Exception:
-                LOG.exception('Could not remove orphaned container %s', name)
 
     # -- power -------------------------------------------------------------
 

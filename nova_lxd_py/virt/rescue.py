@@ -20,6 +20,7 @@ from nova_lxd_py.privsep import fs
 from nova_lxd_py.storage import accounts
 from nova_lxd_py.virt import config
 from nova_lxd_py.virt import container
+from nova_lxd_py.virt import templates
 
 CONF = conf.CONF
 LOG = logging.getLogger(__name__)
@@ -79,7 +80,8 @@ class RescueMixin:
                                       size_gb=instance.flavor.root_gb)
         hostname = (config.config_values(own, 'lxc.uts.name') or
                     [config.guest_hostname(instance.hostname, 'instance')])
-        self._render_templates(rdir, image, owner, hostname[0], instance)
+        templates.render(self._backend.writable_root(rdir), image, owner,
+                         hostname[0], instance)
         if password:
             self._set_rescue_password(instance, image, rdir, password)
         container.define(instance.uuid, config.rescue_config(

@@ -200,3 +200,16 @@ class ContainerTestBase(integrated_helpers._IntegratedTestBase):
         leftovers = [e for e in self.cache_entries()
                      if e.startswith('.tmp') or uuid in e]
         self.assertEqual([], leftovers)
+
+
+class UploadTestBase(ContainerTestBase):
+    """A guest image, a container flavor, and a Glance fixture that keeps
+    what is uploaded to it (``self.uploads``: image ids, in order), for the
+    operations that upload the server's root (snapshot, shelve)."""
+
+    def setUp(self):
+        super().setUp()
+        self.image_id = self._create_guest_image()
+        self.flavor_id = self._create_container_flavor()
+        self.uploads = self.useFixture(
+            lxc_fixtures.GlanceUploads(self.glance)).uploads

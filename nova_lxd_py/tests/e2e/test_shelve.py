@@ -16,7 +16,6 @@ from nova.objects import fields
 
 from nova_lxd_py import conf
 from nova_lxd_py.tests.e2e import base
-from nova_lxd_py.tests import fixtures as lxc_fixtures
 from nova_lxd_py.virt import container
 from nova_lxd_py.virt import host
 
@@ -26,14 +25,7 @@ NOTE = 'written before shelve'
 RETRIES = 120    # x 0.5 s
 
 
-class ShelveTest(base.ContainerTestBase):
-
-    def setUp(self):
-        super().setUp()
-        self.image_id = self._create_guest_image()
-        self.flavor_id = self._create_container_flavor()
-        self.uploads = self.useFixture(
-            lxc_fixtures.GlanceUploads(self.glance)).uploads
+class ShelveTest(base.UploadTestBase):
 
     def _boot_with_note(self):
         """A running server with /root/note; it and its guest hostname."""

@@ -6,7 +6,6 @@ The Glance fixture keeps uploaded bytes (fixtures.GlanceUploads).
 """
 
 from nova_lxd_py.tests.e2e import base
-from nova_lxd_py.tests import fixtures as lxc_fixtures
 from nova_lxd_py.virt import container
 
 ZSTD_MAGIC = b'\x28\xb5\x2f\xfd'
@@ -16,14 +15,7 @@ WRITER = ('i=0; while :; do echo "$i" >> /root/log; i=$((i+1)); done '
 SNAPSHOT_RETRIES = 120    # x 0.5 s
 
 
-class SnapshotTest(base.ContainerTestBase):
-
-    def setUp(self):
-        super().setUp()
-        self.image_id = self._create_guest_image()
-        self.flavor_id = self._create_container_flavor()
-        self.uploads = self.useFixture(
-            lxc_fixtures.GlanceUploads(self.glance)).uploads
+class SnapshotTest(base.UploadTestBase):
 
     def _create_snapshot(self, server, name='snap'):
         """createImage; the image id once the server's task is done."""

@@ -18,9 +18,9 @@ class OrphanTest(driver_base.DriverTestCase):
     def setUp(self):
         super().setUp()
         self.useFixture(fixtures.MonkeyPatch(
-            'nova_lxd_py.virt.driver.ORPHAN_GRACE_SECONDS', 0))
+            'nova_lxd_py.virt.orphans.ORPHAN_GRACE_SECONDS', 0))
         self.log = self.useFixture(fixtures.FakeLogger(
-            name='nova_lxd_py.virt.driver'))
+            name='nova_lxd_py.virt.orphans'))
 
     def test_periodic_pass_logs_then_removes_orphans(self):
         kept = self.spawn()
