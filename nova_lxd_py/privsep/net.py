@@ -8,7 +8,9 @@ enslave it to a bridge. Everything goes through pyroute2 (netlink), not
 """
 
 import errno
+import typing
 
+from pyroute2 import ethtool
 from pyroute2 import IPRoute
 from pyroute2.netlink import exceptions as nl_exceptions
 
@@ -60,13 +62,15 @@ def ensure_bridge(name: str) -> None:
 
 @privsep.sys_admin_pctxt.entrypoint
 def ensure_veth(host: str, peer: str, mac: str, mtu: int,
-                bridge: str) -> None:
+                bridge: typing.Optional[str]) -> None:
     """Make the veth pair host <-> peer, or bring an existing one in line.
 
     The host end gets ``mtu`` (0: the kernel's default), joins ``bridge``
-    ('' for none: a routed port's agent sets its routes itself) and goes
-    up. The peer, while it is still in the host's namespace (the container
-    is stopped), gets the port's MAC and the MTU and stays down: nothing on
+    ('' for none: a routed port's agent sets its routes itself; None to
+    leave its master as it is: Open vSwitch's kernel datapath enslaves the
+    device itself, and a re-plug must not take it away) and goes up. The
+    peer, while it is still in the host's namespace (the container is
+    stopped), gets the port's MAC and the MTU and stays down: nothing on
     the host may send through it; liblxc brings it up in the guest.
     """
     host, peer = naming.checked_ifname(host), naming.checked_ifname(peer)
@@ -92,10 +96,11 @@ def ensure_veth(host: str, peer: str, mac: str, mtu: int,
             if mtu:
                 settings['mtu'] = mtu
             ipr.link('set', index=peer_index, **settings)
-        settings = {'master': master}
+        settings = {} if bridge is None else {'master': master}
         if mtu:
             settings['mtu'] = mtu
-        ipr.link('set', index=index, **settings)
+        if settings:
+            ipr.link('set', index=index, **settings)
         ipr.link('set', index=index, state='up')
 
 
@@ -117,3 +122,34 @@ def delete_veth(name: str) -> bool:
             if e.code != errno.ENODEV:   # gone meanwhile: fine
                 raise
         return True
+
+
+# Everything a veth can offload of its transmit checksums.
+_TX_CHECKSUMS = ('tx-checksum-ip-generic', 'tx-checksum-ipv4',
+                 'tx-checksum-ipv6', 'tx-checksum-sctp')
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def disable_tx_checksum(name: str) -> bool:
+    """Make the veth end ``name`` fill in its packets' checksums itself.
+
+    A veth leaves TCP and UDP checksums to the receiver, which a packet
+    socket reader does not do: behind OVS's userspace datapath (which
+    reads the host end that way) a guest's TCP and UDP packets arrive with
+    bad checksums and are dropped; only ICMP gets through. The kernel then
+    also segments in software (no TSO without checksum offload), so the
+    reader never sees packets above the MTU. False if ``name`` is not a
+    veth in this namespace (a running guest has it, with the setting).
+    """
+    name = naming.checked_ifname(name)
+    with IPRoute() as ipr:
+        if _lookup(ipr, name, 'veth') is None:
+            return False
+    with ethtool.Ethtool() as tool:
+        features = tool.get_features(name)
+        for key in _TX_CHECKSUMS:
+            feature = features.features.get(key)
+            if feature is not None and feature.available:
+                feature.enable = False
+        tool.set_features(name, features)
+    return True

@@ -8,12 +8,19 @@ import atexit
 import functools
 import hashlib
 import os
+import random
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
+import unittest
 
 import fixtures
+import os_vif
 from oslo_config import cfg
+from vif_plug_ovs.ovsdb import impl_idl
+from vif_plug_ovs import privsep as vif_plug_ovs_privsep
 
 from nova_lxd_py import conf  # noqa: F401  (registers [lxc])
 from nova_lxd_py import privsep
@@ -23,11 +30,14 @@ CONF = cfg.CONF
 
 
 class PrivsepInProcess(fixtures.Fixture):
-    """Run privsep entrypoints in the test process (tests run as root)."""
+    """Run privsep entrypoints in the test process (tests run as root):
+    ours, and os-vif's ovs plugin's, which plugs 'ovs' ports."""
 
     def _setUp(self):
-        self.useFixture(fixtures.MockPatchObject(
-            privsep.sys_admin_pctxt, 'client_mode', False))
+        for context in (privsep.sys_admin_pctxt,
+                        vif_plug_ovs_privsep.vif_plug):
+            self.useFixture(fixtures.MockPatchObject(
+                context, 'client_mode', False))
 
 
 class HostDirs(fixtures.Fixture):
@@ -151,3 +161,147 @@ def host_leftovers(name):
     if os.path.lexists(container_dir):
         found.append(container_dir)
     return found
+
+
+OVS_SCHEMA = '/usr/share/openvswitch/vswitch.ovsschema'
+
+
+class _OvsDaemons:
+    """One private ovsdb-server and ovs-vswitchd per test process.
+
+    Per process, not per test: os-vif's native OVSDB client (ovsdbapp)
+    keeps the first connection a process makes for every later client, so
+    a second switch would never be seen. Nothing of the system's Open
+    vSwitch is used or touched: the database, sockets, pid and log files
+    live in a private directory, and the daemons are stopped at exit.
+    """
+
+    def __init__(self):
+        self.path = None
+        self.failure = None
+
+    @property
+    def socket(self):
+        return os.path.join(self.path, 'db.sock')
+
+    def _file(self, name):
+        return os.path.join(self.path, name)
+
+    def _run(self, argv):
+        env = dict(os.environ, OVS_RUNDIR=self.path, OVS_DBDIR=self.path,
+                   OVS_LOGDIR=self.path, OVS_SYSCONFDIR=self.path)
+        result = subprocess.run(argv, capture_output=True, text=True,
+                                env=env, timeout=60, check=False)
+        if result.returncode:
+            raise RuntimeError('%s failed: %s' % (
+                ' '.join(argv[:2]), result.stderr.strip()[-500:]))
+        return result.stdout
+
+    def vsctl(self, *args):
+        return self._run(['ovs-vsctl', '--db=unix:' + self.socket,
+                          '--timeout=30'] + list(args))
+
+    def start(self):
+        """The database socket; unittest.SkipTest if OVS cannot run."""
+        if self.failure:
+            raise unittest.SkipTest(self.failure)
+        if self.path:
+            return self.socket
+        self.path = tempfile.mkdtemp(prefix='nova-lxd-py-ovs-',
+                                     dir='/var/tmp')
+        atexit.register(self.stop)
+        try:
+            self._run(['ovsdb-tool', 'create', self._file('conf.db'),
+                       OVS_SCHEMA])
+            self._run(['ovsdb-server', self._file('conf.db'),
+                       '--remote=punix:' + self.socket,
+                       '--pidfile=' + self._file('db.pid'),
+                       '--unixctl=' + self._file('db.ctl'),
+                       '--log-file=' + self._file('db.log'), '--detach'])
+            self._run(['ovs-vsctl', '--db=unix:' + self.socket, '--no-wait',
+                       'init'])
+            self._run(['ovs-vswitchd', 'unix:' + self.socket,
+                       '--pidfile=' + self._file('vs.pid'),
+                       '--unixctl=' + self._file('vs.ctl'),
+                       '--log-file=' + self._file('vs.log'), '--detach'])
+        except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
+            self.failure = 'Open vSwitch cannot run here: %s' % e
+            self.stop()
+            raise unittest.SkipTest(self.failure)
+        return self.socket
+
+    def stop(self):
+        if not self.path:
+            return
+        # Otherwise os-vif's OVSDB client keeps polling the vanished
+        # server, logging each attempt, even into streams closed at exit.
+        client = impl_idl.NeutronOvsdbIdl._ovsdb_connection
+        if client is not None:
+            client.stop(timeout=5)
+        subprocess.run(['ovs-appctl', '-t', self._file('vs.ctl'), 'exit',
+                        '--cleanup'], capture_output=True, timeout=30,
+                       check=False)
+        for pidfile in ('vs.pid', 'db.pid'):
+            _kill_from_pidfile(self._file(pidfile))
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.path = None
+
+
+def _kill_from_pidfile(path):
+    try:
+        with open(path) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        for _ in range(50):
+            if not os.path.exists('/proc/%d' % pid):
+                return
+            time.sleep(0.1)
+
+
+_OVS = _OvsDaemons()
+
+
+class OpenVSwitch(fixtures.Fixture):
+    """A fresh bridge of OVS's userspace (netdev) datapath on a private
+    switch, with os-vif pointed at that switch; on cleanup the bridge is
+    deleted with every port on it.
+
+    The switch runs in the host's network namespace, as the veth host ends
+    must be where ovs-vswitchd is; the netdev datapath needs no kernel
+    module. The test is skipped if ovs-vswitchd cannot run.
+    """
+
+    def _setUp(self):
+        socket = _OVS.start()
+        self.bridge = 'brt%08x' % random.getrandbits(32)
+        try:
+            self.vsctl('add-br', self.bridge, '--', 'set', 'Bridge',
+                       self.bridge, 'datapath_type=netdev')
+        except RuntimeError as e:
+            raise unittest.SkipTest('ovs-vswitchd makes no bridge: %s' % e)
+        self.addCleanup(self.vsctl, '--if-exists', 'del-br', self.bridge)
+        os_vif.initialize()   # registers [os_vif_ovs]
+        CONF.set_override('ovsdb_connection', 'unix:' + socket,
+                          group='os_vif_ovs')
+        self.addCleanup(CONF.clear_override, 'ovsdb_connection',
+                        group='os_vif_ovs')
+        os_vif.initialize(reset=True)   # the ovs plugin reads it on load
+
+    @staticmethod
+    def vsctl(*args):
+        return _OVS.vsctl(*args)
+
+    def ports(self):
+        return sorted(self.vsctl('list-ports', self.bridge).split())
+
+    def external_id(self, interface, key):
+        """An Interface row's external_ids:key, '' if unset."""
+        out = self.vsctl('--if-exists', 'get', 'Interface', interface,
+                         'external_ids:' + key)
+        return out.strip().strip('"')

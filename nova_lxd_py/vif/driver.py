@@ -10,12 +10,13 @@ guest's ethN, with the port's MAC and MTU, exists before its init runs.
 When the container stops, liblxc gives the device back to the host under
 the same temporary name, so the next start finds it again.
 
-The host side is done here, not by os-vif: Nova 34 no longer converts
-'bridge' VIFs to os-vif objects (``nova_to_osvif_vif`` raises "Linux bridge
-VIF type is no longer supported"), it leaves 'tap' VIFs to the legacy path
-(no object), and os-vif 5.3 no longer ships a linux_bridge plugin. The
-VIF types os-vif still plugs (the OVS family) will get their own entry in
-HOST_SIDES.
+The pair is made here for every VIF type; what the port's backend expects
+around its host end is a ``wiring.Wiring`` per type (HOST_SIDES). 'bridge'
+and 'tap' are wired here with pyroute2, not by os-vif: Nova 34 no longer
+converts 'bridge' VIFs to os-vif objects (``nova_to_osvif_vif`` raises
+"Linux bridge VIF type is no longer supported"), it leaves 'tap' VIFs to
+the legacy path (no object), and os-vif 5.3 no longer ships a linux_bridge
+plugin. 'ovs' ports go through os-vif's ovs plugin (``vif.ovs``).
 """
 
 from nova import exception as nova_exception
@@ -25,26 +26,17 @@ from oslo_log import log as logging
 from nova_lxd_py import exception
 from nova_lxd_py.privsep import net
 from nova_lxd_py.vif import naming
+from nova_lxd_py.vif import ovs
+from nova_lxd_py.vif import wiring
 
 LOG = logging.getLogger(__name__)
 
 
-def _join_bridge(vif):
-    bridge = naming.bridge_name(vif)
-    net.ensure_bridge(bridge)
-    return bridge
-
-
-def _routed(vif):
-    # The agent (e.g. Calico's Felix) finds the tap by name and routes the
-    # port's addresses to it; it must not sit in any bridge.
-    return ''
-
-
-# vif_type -> prepares the host side; returns the bridge to join or ''.
+# vif_type -> what its host side needs around the veth pair.
 HOST_SIDES = {
-    model.VIF_TYPE_BRIDGE: _join_bridge,
-    model.VIF_TYPE_TAP: _routed,
+    model.VIF_TYPE_BRIDGE: wiring.LinuxBridge(),
+    model.VIF_TYPE_TAP: wiring.Routed(),
+    model.VIF_TYPE_OVS: ovs.OpenVSwitch(),
 }
 
 
@@ -59,8 +51,7 @@ def check(vif):
         naming.peer_name(vif)
         naming.mac(vif)
         naming.mtu(vif)
-        if vif['type'] == model.VIF_TYPE_BRIDGE:
-            naming.bridge_name(vif)
+        HOST_SIDES[vif['type']].check(vif)
     except naming.InvalidVif as e:
         raise exception.VifPlugFailed(port=vif.get('id'), reason=e)
 
@@ -68,10 +59,12 @@ def check(vif):
 def plug(instance, vif):
     """Make the port's veth pair and wire its host end; idempotent."""
     check(vif)
+    side = HOST_SIDES[vif['type']]
     try:
-        bridge = HOST_SIDES[vif['type']](vif)
+        bridge = side.bridge(instance, vif)
         net.ensure_veth(naming.host_name(vif), naming.peer_name(vif),
                         naming.mac(vif), naming.mtu(vif) or 0, bridge)
+        side.attach(instance, vif)
     except Exception as e:
         raise exception.VifPlugFailed(port=vif['id'], reason=e) from e
     LOG.debug('Port %(port)s plugged as %(dev)s', {
@@ -79,23 +72,32 @@ def plug(instance, vif):
 
 
 def unplug(instance, vif):
-    """Delete the port's veth pair, wherever its guest end is.
+    """Unwire the port and delete its veth pair, wherever its guest end is.
 
-    The bridge stays, as with os-vif's linux_bridge plugin: other ports
-    may use it, and the network's agent removes it with the network.
+    The pair goes even if unwiring fails: a guest must not keep a device
+    of a port that Nova considers gone.
     """
     try:
         names = (naming.host_name(vif), naming.peer_name(vif))
     except naming.InvalidVif as e:
         LOG.warning('Not unplugging a VIF: %s', e, instance=instance)
         return
+    errors = []
+    side = HOST_SIDES.get(vif.get('type'))
+    if side is not None:
+        try:
+            side.detach(instance, vif)
+        except Exception as e:
+            errors.append(e)
     try:
         # The peer alone is left only by a pair made half way.
         if not net.delete_veth(names[0]):
             net.delete_veth(names[1])
     except Exception as e:
+        errors.append(e)
+    if errors:
         raise nova_exception.VirtualInterfaceUnplugException(
-            reason='port %s: %s' % (vif.get('id'), e)) from e
+            reason='port %s: %s' % (vif.get('id'), errors[0])) from errors[0]
 
 
 def plug_all(instance, network_info):

@@ -28,6 +28,7 @@ from nova_lxd_py.storage import formats
 from nova_lxd_py.storage import images
 from nova_lxd_py.storage import snapshot
 from nova_lxd_py.vif import driver as vifs
+from nova_lxd_py.vif import events as vif_events
 from nova_lxd_py.virt import config
 from nova_lxd_py.virt import container
 from nova_lxd_py.virt import host
@@ -214,10 +215,13 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
                                  max_bytes=instance.flavor.root_gb << 30)
         try:
             # The guest's devices must be on the host before liblxc can
-            # move them in at start.
-            vifs.plug_all(instance, network_info)
-            self._define(instance, image, idmap, security,
-                         block_device_info, network_info)
+            # move them in at start, and wired by Neutron before the
+            # guest asks for an address.
+            with vif_events.plugged(self.virtapi, instance, network_info,
+                                    wait=power_on):
+                vifs.plug_all(instance, network_info)
+                self._define(instance, image, idmap, security,
+                             block_device_info, network_info)
             if power_on:
                 self._start(instance)
         except Exception:
@@ -332,7 +336,10 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
                 destroy_disks=True, migrate_data=None, destroy_vifs=True,
                 destroy_secrets=True):
         if destroy_vifs:
-            vifs.unplug_all(instance, network_info)
+            # As libvirt's: a port's backend being away (ovsdb-server
+            # down) must not keep an instance from being deleted; the
+            # veth pairs go regardless.
+            self._unplug_quietly(instance, network_info)
         if destroy_disks:
             self._remove(instance)
 

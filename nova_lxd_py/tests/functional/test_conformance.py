@@ -51,6 +51,7 @@ from oslo_utils import importutils  # noqa: E402
 from nova_lxd_py import exception  # noqa: E402
 from nova_lxd_py.tests import fixtures as lxc_fixtures  # noqa: E402
 from nova_lxd_py.tests import guest_image  # noqa: E402
+from nova_lxd_py.vif import naming  # noqa: E402
 from nova_lxd_py.virt import container  # noqa: E402
 from nova_lxd_py.virt import host  # noqa: E402
 # autopep8: on
@@ -183,13 +184,11 @@ class LXCDriverConformanceTestCase(test_virt_drivers._VirtDriverTestCase,
     def _get_running_instance(self, obj=True):
         """The battery's helper, spawning without the battery's VIF.
 
-        The battery spawns with one OVS VIF from get_test_network_info().
-        This driver plugs only Linux bridge and routed (tap) ports so far
-        and refuses an OVS VIF with VifTypeNotSupported before it creates
-        anything (test_spawn_with_vif_refused). With that VIF every test
-        needing a running instance would fail on that one refusal and test
-        nothing else, so the instance is spawned as a server created with
-        ``--nic none`` is.
+        The battery spawns with one OVS VIF from get_test_network_info(),
+        on a bridge of the system's Open vSwitch (if any). The battery must
+        not touch the host's switch, so its instances are spawned as a
+        server created with ``--nic none`` is; the battery's VIF is plugged
+        into a private switch by test_spawn_with_the_battery_vif_on_ovs.
         """
         instance_ref = test_utils.get_test_instance(obj=obj)
         image_meta = test_utils.get_test_image_object(None, instance_ref)
@@ -229,13 +228,33 @@ class LXCDriverConformanceTestCase(test_virt_drivers._VirtDriverTestCase,
 
     # -- ours, beyond the battery --------------------------------------------
 
-    def test_spawn_with_vif_refused(self):
+    def test_spawn_with_the_battery_vif_on_ovs(self):
+        ovs = self.useFixture(lxc_fixtures.OpenVSwitch())
+        network_info = test_utils.get_test_network_info()
+        vif = network_info[0]
+        vif['network']['bridge'] = ovs.bridge
+        vif['details'] = {'datapath_type': 'netdev'}
+        instance_ref = test_utils.get_test_instance(obj=True)
+        image_meta = test_utils.get_test_image_object(None, instance_ref)
+        self._spawned.append(instance_ref.uuid)
+        self.connection.spawn(self.ctxt, instance_ref, image_meta, [],
+                              'herp', {}, network_info=network_info)
+        tap = naming.host_name(vif)
+        self.assertEqual([tap], ovs.ports())
+        self.assertEqual(vif['id'], ovs.external_id(tap, 'iface-id'))
+        self.connection.destroy(self.ctxt, instance_ref, network_info)
+        self.assertEqual([], ovs.ports())
+        self.assertFalse(os.path.exists('/sys/class/net/' + tap))
+
+    def test_spawn_with_vhostuser_vif_refused(self):
+        network_info = test_utils.get_test_network_info()
+        network_info[0]['type'] = network_model.VIF_TYPE_VHOSTUSER
         instance_ref = test_utils.get_test_instance(obj=True)
         image_meta = test_utils.get_test_image_object(None, instance_ref)
         self.assertRaises(exception.VifTypeNotSupported,
                           self.connection.spawn, self.ctxt, instance_ref,
                           image_meta, [], 'herp', {},
-                          network_info=test_utils.get_test_network_info())
+                          network_info=network_info)
         self.assertEqual([], self.connection.list_instance_uuids())
         self.assertEqual([], lxc_fixtures.host_leftovers(instance_ref.uuid))
 
