@@ -35,8 +35,6 @@ from nova_lxd_py.virt import host  # noqa: E402
 
 from nova_lxd_py.tests.functional.driver_base import CONF  # noqa: E402
 from nova_lxd_py.tests.functional.driver_base import DriverTestCase  # noqa
-from nova_lxd_py.tests.functional.driver_base import NODE  # noqa: E402
-from nova_lxd_py.tests.functional import test_root_disk_btrfs  # noqa: E402
 from nova_lxd_py.tests.functional.driver_base import wait_until  # noqa: E402
 
 ZSTD_MAGIC = b'\x28\xb5\x2f\xfd'
@@ -461,66 +459,3 @@ class SnapshotTest(DriverTestCase):
         self.assertNotIn('stale', members)
         self.assertFalse(os.path.lexists(os.path.dirname(
             os.path.dirname(stale))))
-
-
-class DirBackendSnapshotTest(SnapshotTest):
-    """The same on the ``dir`` root-disk backend (a whole tree per guest)."""
-
-    def setUp(self):
-        super().setUp()
-        from nova_lxd_py.storage import backends
-        if 'dir' not in backends.BACKENDS:
-            self.skipTest('no dir root-disk backend')
-        self.flags(group='lxc', root_disk_backend='dir')
-        self.driver._backend = backends.get('dir')
-
-
-class BtrfsSnapshotTest(SnapshotTest):
-    """The same on the btrfs backend: a subvolume snapshot taken while the
-    guest is frozen, on a loop-mounted btrfs made per test."""
-
-    share_image_cache = False
-
-    def setUp(self):
-        super().setUp()
-        reason = test_root_disk_btrfs.btrfs_unavailable()
-        if reason:
-            self.skipTest(reason)
-        fs = self.useFixture(test_root_disk_btrfs.LoopBtrfs())
-        self.flags(instances_path=fs.path)
-        self.flags(group='lxc', root_disk_backend='btrfs',
-                   container_path=os.path.join(fs.path, 'containers'),
-                   image_cache_path=os.path.join(fs.path, '_base_lxc'))
-        self.driver = type(self.driver)(self.driver.virtapi)
-        self.driver.init_host(NODE)
-        self.fs = fs
-
-    subvolume_uuids = staticmethod(
-        test_root_disk_btrfs.BtrfsTestCase.subvolume_uuids)
-
-    def test_changes_during_the_running_copy_are_in_the_snapshot(self):
-        # Nothing is copied while the guest runs: the snapshot is taken
-        # frozen, is a snapshot of the instance's subvolume, and is gone
-        # afterwards.
-        instance = self.spawn()
-        self.run_in_guest(instance, 'sh', '-c', WRITER)
-        states = []
-        real = frozen_copy.subvolume_snapshot
-
-        def subvolume_snapshot(src, dest):
-            states.append(container.state(instance.uuid)[0])
-            real(src, dest)
-            # A snapshot of the instance's root, not a copy.
-            states.append(self.subvolume_uuids(dest)[1] ==
-                          self.subvolume_uuids(src)[0])
-
-        self.useFixture(fixtures.MonkeyPatch(
-            'nova_lxd_py.storage.frozen_copy.subvolume_snapshot',
-            subvolume_snapshot))
-        subvolumes = self.fs.subvolumes()
-        image_id = self.take_snapshot(instance)
-        self.assertEqual(['FROZEN', True], states)
-        self.assertEqual('RUNNING', container.state(instance.uuid)[0])
-        self.assertEqual(subvolumes, self.fs.subvolumes())
-        copy = self.boot_snapshot(image_id)
-        self.assertLogConsistent(self.run_in_guest(copy, 'cat', '/root/log'))
