@@ -267,6 +267,11 @@ def _kill_from_pidfile(path):
 _OVS = _OvsDaemons()
 
 
+def stop_private_ovs():
+    """Stop the private Open vSwitch, if this process started one."""
+    _OVS.stop()
+
+
 class OpenVSwitch(fixtures.Fixture):
     """A fresh bridge of OVS's userspace (netdev) datapath on a private
     switch, with os-vif pointed at that switch; on cleanup the bridge is
