@@ -11,10 +11,10 @@ writable tree (the overlay's upper layer, or the root itself for ``dir`` and
 ``btrfs``), owned by the guest's root, and the guest is started. Each round
 runs every variant below once, in an order rotating between rounds; for
 each one a writer is started in the guest (a shell loop appending to
-/root/log, as the functional snapshot test does), a snapshot is taken the
-way ``LXCDriver.snapshot`` does (``storage.snapshot.take``: copy, freeze,
-catch up, thaw; on btrfs a read-only subvolume snapshot made while
-frozen), the writer is stopped, and the stream is read to its end by this
+/var/log/writer, much as the functional snapshot test does), a snapshot
+is taken the way ``LXCDriver.snapshot`` does (``storage.snapshot.take``:
+copy, freeze, catch up, thaw; on btrfs a read-only subvolume snapshot made
+while frozen), the writer is stopped, and the stream is read to its end by this
 process from a pipe (the stand-in for Glance; bytes are counted and
 dropped). A fresh snapshot for every stream, as every upload has: on btrfs
 a new subvolume's files are not in the page cache yet (the guest's own
@@ -101,8 +101,8 @@ TAR_CHANGED = 1
 # The functional snapshot test's writer (a builtin appending lines as fast
 # as the guest can), with its pid kept: it runs only while a snapshot is
 # taken, and no stream competes with it for the CPUs.
-LOG = '/root/log'
-WRITER_PID = '/root/writer.pid'
+LOG = '/var/log/writer'
+WRITER_PID = '/var/log/writer.pid'
 WRITER = (': > %s; i=0; while :; do echo "$i" >> %s; i=$((i+1)); done '
           '</dev/null >/dev/null 2>&1 & echo $! > %s'
           % (LOG, LOG, WRITER_PID))

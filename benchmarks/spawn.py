@@ -71,8 +71,8 @@ BACKENDS = tuple(backends.BACKENDS)
 BTRFS_FS_MB = 2048   # plus the guests' writes; sparse
 WRITE_ROUNDS = 3
 # Busybox's time applet: "real\t0m 1.23s" on stderr (centiseconds).
-WRITE_SCRIPT = ('time dd if=/dev/zero of=/root/f bs=1M count=%d conv=fsync '
-                '2>&1 && rm /root/f')
+WRITE_SCRIPT = ('time dd if=/dev/zero of=/var/write-test bs=1M count=%d '
+                'conv=fsync 2>&1 && rm /var/write-test')
 REAL_TIME = re.compile(r'real\s+(\d+)m\s*([0-9.]+)s')
 MEMORY = {'payload': 'payload', 'monitor_rss': 'monitor RSS',
           'monitor_pss': 'PSS', 'monitor_uss': 'USS'}
