@@ -45,3 +45,13 @@ class VifTypeNotSupported(exception.VirtualInterfacePlugException):
 
 class VifPlugFailed(exception.VirtualInterfacePlugException):
     msg_fmt = _('Port %(port)s could not be plugged: %(reason)s')
+
+
+class InterfaceHotplugFailed(exception.InterfaceAttachFailed):
+    msg_fmt = _('Port %(port)s could not be attached to instance '
+                '%(instance_uuid)s: %(reason)s')
+
+
+class InterfaceNotAttached(exception.NotFound):
+    msg_fmt = _('Port %(port)s is not attached to instance '
+                '%(instance_uuid)s.')

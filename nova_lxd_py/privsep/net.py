@@ -8,10 +8,13 @@ enslave it to a bridge. Everything goes through pyroute2 (netlink), not
 """
 
 import errno
+import os
+import threading
 import typing
 
 from pyroute2 import ethtool
 from pyroute2 import IPRoute
+from pyroute2 import netns
 from pyroute2.netlink import exceptions as nl_exceptions
 
 from nova_lxd_py import privsep
@@ -153,3 +156,74 @@ def disable_tx_checksum(name: str) -> bool:
                 feature.enable = False
         tool.set_features(name, features)
     return True
+
+
+def _in_netns(fd, work):
+    """``work(ipr)`` with a netlink socket of the network namespace ``fd``.
+
+    setns(2) moves only the calling thread: a thread of its own enters the
+    namespace and ends there, so no other thread of the daemon ever runs
+    in a guest's namespace.
+    """
+    outcome = {}
+
+    def run():
+        try:
+            netns.setns(fd)
+            with IPRoute() as ipr:
+                outcome['value'] = work(ipr)
+        except Exception as e:
+            outcome['error'] = e
+
+    thread = threading.Thread(target=run, name='netns-%d' % fd)
+    thread.start()
+    thread.join()
+    if 'error' in outcome:
+        raise outcome['error']
+    return outcome.get('value')
+
+
+def _link_names(ipr):
+    return [link.get_attr('IFLA_IFNAME') for link in ipr.link('dump')]
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def move_into_netns(peer: str, pid: int, mac: str, mtu: int) -> str:
+    """Hot-plug: give the veth end ``peer`` to the running guest whose
+    init is ``pid``, as the guest's lowest free ethN; return that name.
+
+    What liblxc does at start for a ``phys`` device, done to a running
+    guest: moved and renamed in one request (the guest never sees the
+    host's name for it), then given the port's MAC and MTU (0: leave it)
+    and brought up. Only a veth on the host moves, and only into a
+    namespace other than the host's.
+    """
+    peer, mac = naming.checked_ifname(peer), naming.checked_mac(mac)
+    if pid <= 1:
+        raise ValueError('%r is not the init of a container' % pid)
+    fd = os.open('/proc/%d/ns/net' % pid, os.O_RDONLY)
+    try:
+        host = os.stat('/proc/self/ns/net')
+        target = os.fstat(fd)
+        if (host.st_dev, host.st_ino) == (target.st_dev, target.st_ino):
+            raise ValueError('process %d is in the host\'s network '
+                             'namespace' % pid)
+        with IPRoute() as ipr:
+            index = _lookup(ipr, peer, 'veth')
+            if index is None:
+                raise ValueError('%s is not a veth on the host' % peer)
+            name = naming.free_guest_name(_in_netns(fd, _link_names))
+            ipr.link('set', index=index, net_ns_fd=fd, ifname=name)
+
+        def configure(ipr):
+            index = ipr.link_lookup(ifname=name)[0]
+            settings = {'address': mac}
+            if mtu:
+                settings['mtu'] = mtu
+            ipr.link('set', index=index, **settings)
+            ipr.link('set', index=index, state='up')
+
+        _in_netns(fd, configure)
+    finally:
+        os.close(fd)
+    return name

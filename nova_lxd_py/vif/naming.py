@@ -62,6 +62,20 @@ def guest_name(index):
     return 'eth%d' % index
 
 
+_GUEST_NAME = re.compile(r'^eth(0|[1-9][0-9]*)$')
+
+
+def free_guest_name(existing):
+    """The lowest ethN not among the device names ``existing``: the name
+    of a device hot-plugged into a running guest, which may have renamed
+    or lost some of its own since it started."""
+    taken = {int(m.group(1)) for m in map(_GUEST_NAME.match, existing) if m}
+    index = 0
+    while index in taken:
+        index += 1
+    return guest_name(index)
+
+
 def checked_mac(address):
     if not isinstance(address, str) or not _MAC.match(address.lower()):
         raise InvalidVif('%r is not a usable MAC address' % (address,))

@@ -204,6 +204,55 @@ def network_lines(guest_nics):
     return lines
 
 
+_NET_KEY = re.compile(r'^lxc\.net\.(\d+)\.(\w+)$')
+
+
+def _net_items(text):
+    """(index, field, value) of a config text's ``lxc.net.N.*`` lines."""
+    for line in text.splitlines():
+        key, sep, value = line.partition('=')
+        match = _NET_KEY.match(key.strip()) if sep else None
+        if match:
+            yield int(match.group(1)), match.group(2), value.strip()
+
+
+def nics_of(text):
+    """The guest's devices in a config text (see network_lines), in index
+    order; what hot-plug adds to or takes from."""
+    fields = {}
+    for index, field, value in _net_items(text):
+        fields.setdefault(index, {})[field] = value
+    found = []
+    for index in sorted(fields):
+        nic = fields[index]
+        if nic.get('type') != 'phys':
+            continue
+        mtu = nic.get('mtu')
+        found.append(Nic(link=nic['link'], hwaddr=nic['hwaddr'],
+                         mtu=int(mtu) if mtu else None))
+    return found
+
+
+def with_nics(text, guest_nics):
+    """The config text with its network lines replaced by those for
+    ``guest_nics``, where the old ones were; every other line unchanged.
+
+    Hot-plug edits the config of a defined container this way: rebuilding
+    it would need the flavor, image and disk facts of its spawn again.
+    """
+    kept, at = [], None
+    for line in text.splitlines():
+        key = line.partition('=')[0].strip()
+        if key.startswith('lxc.net.'):
+            at = len(kept) if at is None else at
+            continue
+        kept.append(line)
+    if at is None:
+        at = len(kept)
+    network = ['%s = %s' % item for item in network_lines(guest_nics)]
+    return '\n'.join(kept[:at] + network + kept[at:]) + '\n'
+
+
 _HOSTNAME_BAD = re.compile(r'[^a-z0-9-]+')
 
 

@@ -57,6 +57,16 @@ def define(name: str, config_text: str) -> None:
 
 
 @privsep.sys_admin_pctxt.entrypoint
+def read_config(name: str) -> str:
+    """The container's config text; '' if it has none."""
+    try:
+        with open(os.path.join(container_dir(name), CONFIG_FILE)) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ''
+
+
+@privsep.sys_admin_pctxt.entrypoint
 def start(name: str, timeout: int) -> tuple:
     """Start the container; return (started, tail of its liblxc log).
 
@@ -274,7 +284,7 @@ def _set_frozen(pid, frozen, timeout=10.0):
 @privsep.sys_admin_pctxt.entrypoint
 def mark(name: str, marker: str, present: bool) -> None:
     """Create or remove a flag file (e.g. 'suspended') in the container dir."""
-    if marker not in ('suspended',):
+    if marker not in ('suspended', 'hotplugged'):
         raise ValueError('unknown marker %r' % marker)
     path = os.path.join(container_dir(name), marker)
     if present:

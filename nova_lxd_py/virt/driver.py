@@ -32,6 +32,7 @@ from nova_lxd_py.vif import events as vif_events
 from nova_lxd_py.virt import config
 from nova_lxd_py.virt import container
 from nova_lxd_py.virt import host
+from nova_lxd_py.virt import hotplug
 from nova_lxd_py.virt import orphans
 from nova_lxd_py.virt import rescue
 from nova_lxd_py.virt import templates
@@ -76,13 +77,17 @@ def image_capabilities(enabled):
 
 
 class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
-                driver.ComputeDriver):
+                hotplug.HotplugMixin, driver.ComputeDriver):
     capabilities = dict(
         driver.ComputeDriver.capabilities,
         has_imagecache=True,
         # Nova's verified download checks the signature against the
         # instance's trusted certificates before we unpack anything.
         supports_trusted_certs=True,
+        supports_attach_interface=True,
+        # Tags need device metadata (config drive, metadata service) that
+        # names the guest's device; not built for containers yet.
+        supports_tagged_attach_interface=False,
         **image_capabilities(formats.names()),
     )
 
@@ -306,6 +311,7 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
             raise exception.ContainerStartFailed(name=instance.uuid,
                                                  reason=log.strip()[-1000:])
         container.mark(instance.uuid, SUSPENDED_MARKER, False)
+        container.mark(instance.uuid, hotplug.HOTPLUGGED, False)
 
     def _remove(self, instance):
         self._remove_dir(instance.uuid)
@@ -421,7 +427,11 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
     def reboot(self, context, instance, network_info, reboot_type,
                block_device_info=None, bad_volumes_callback=None,
                accel_info=None, share_info=None):
-        if reboot_type == 'SOFT' and self._soft_reboot(instance):
+        # liblxc restarts a guest in place with the devices it started
+        # with: one whose ports changed since needs a start by us.
+        if reboot_type == 'SOFT' and not container.is_marked(
+                instance.uuid, hotplug.HOTPLUGGED) and \
+                self._soft_reboot(instance):
             return
         container.stop(instance.uuid)
         self.plug_vifs(instance, network_info)

@@ -128,3 +128,22 @@ class NetworkLinesTest(base.BaseTestCase):
                                       '01:02:03')])
         self.assertRaises(naming.InvalidVif, config.network_lines,
                           [config.Nic(link='tin0', hwaddr='nope')])
+
+
+@ddt.ddt
+class FreeGuestNameTest(base.BaseTestCase):
+
+    @ddt.unpack
+    @ddt.data(
+        # devices in the guest -> the name a hot-plugged one gets
+        ([], 'eth0'),
+        (['lo'], 'eth0'),
+        (['lo', 'eth0'], 'eth1'),
+        (['lo', 'eth0', 'eth2'], 'eth1'),     # a gap left by a detach
+        (['eth1', 'eth0', 'eth2'], 'eth3'),
+        (['eth0x', 'veth0', 'eth01'], 'eth0'),  # 'eth01' is not eth1
+        (['eth01', 'eth0'], 'eth1'),
+        (['eth10', 'eth0'], 'eth1'),
+    )
+    def test_free_guest_name_lowest_unused(self, existing, expected):
+        self.assertEqual(expected, naming.free_guest_name(existing))

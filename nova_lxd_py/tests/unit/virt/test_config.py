@@ -8,6 +8,7 @@ from nova import objects
 from oslotest import base
 
 from nova_lxd_py import exception
+from nova_lxd_py.vif import naming
 from nova_lxd_py.virt import config
 
 
@@ -383,3 +384,74 @@ class GuestHostnameTest(base.BaseTestCase):
     )
     def test_guest_hostname_sanitised(self, name, expected):
         self.assertEqual(expected, config.guest_hostname(name, 'fallback'))
+
+
+NIC_A = config.Nic(link='tinaaaaaaaa-aa', hwaddr='fa:16:3e:00:00:0a',
+                   mtu=1400)
+NIC_B = config.Nic(link='tinbbbbbbbb-bb', hwaddr='fa:16:3e:00:00:0b')
+NIC_C = config.Nic(link='tincccccccc-cc', hwaddr='fa:16:3e:00:00:0c',
+                   mtu=9000)
+
+
+def build_text(**overrides):
+    kwargs = dict(instance_name='instance-00000001', hostname='guest',
+                  rootfs='/c/rootfs', idmap=IDMAP,
+                  security=config.Security(), limits=LIMITS,
+                  cgroup_version=2, init_kind='busybox',
+                  console_log='/c/console.log', console_size_kb=1024,
+                  lxcfs_path='/var/lib/lxcfs')
+    kwargs.update(overrides)
+    return config.build(**kwargs)
+
+
+@ddt.ddt
+class HotplugConfigTest(base.BaseTestCase):
+
+    @ddt.data([], [NIC_A], [NIC_B], [NIC_A, NIC_B, NIC_C])
+    def test_nics_of_reads_back_what_build_wrote(self, nics):
+        self.assertEqual(nics, config.nics_of(build_text(guest_nics=nics)))
+
+    @ddt.unpack
+    @ddt.data(
+        # the config's NICs -> the NICs it gets
+        ([], [NIC_A]),                         # the first port
+        ([NIC_A], [NIC_A, NIC_B]),             # attach: appended
+        ([NIC_A, NIC_B], [NIC_A, NIC_B, NIC_C]),
+        ([NIC_A, NIC_B, NIC_C], [NIC_A, NIC_C]),  # detach: renumbered
+        ([NIC_A, NIC_B], [NIC_B]),
+        ([NIC_A], []),                         # the last port: 'empty'
+    )
+    def test_with_nics_equals_building_with_them(self, before, after):
+        # Swapping the network lines of a config gives, byte for byte, the
+        # config spawn would have written for those NICs.
+        self.assertEqual(build_text(guest_nics=after), config.with_nics(
+            build_text(guest_nics=before), after))
+
+    def test_with_nics_renumbers_names_and_keys(self):
+        text = config.with_nics(build_text(guest_nics=[NIC_A, NIC_B]),
+                                [NIC_B])
+        items = parse(text)
+        self.assertEqual([NIC_B.link], values(items, 'lxc.net.0.link'))
+        self.assertEqual(['eth0'], values(items, 'lxc.net.0.name'))
+        self.assertFalse([k for k, _ in items
+                          if k.startswith('lxc.net.1.')])
+
+    def test_with_nics_appends_when_the_config_has_none(self):
+        text = '# nova.instance_name = i\nlxc.uts.name = g\n'
+        self.assertEqual(
+            text + 'lxc.net.0.type = phys\nlxc.net.0.link = %s\n'
+            'lxc.net.0.name = eth0\nlxc.net.0.hwaddr = %s\n'
+            'lxc.net.0.flags = up\n' % (NIC_B.link, NIC_B.hwaddr),
+            config.with_nics(text, [NIC_B]))
+
+    def test_nics_of_ignores_other_types_and_keys(self):
+        text = ('lxc.net.0.type = veth\nlxc.net.0.link = br0\n'
+                'lxc.net.1.type = phys\nlxc.net.1.link = %s\n'
+                'lxc.net.1.hwaddr = %s\nlxc.network.type = x\n'
+                'lxc.net.x.type = phys\n' % (NIC_B.link, NIC_B.hwaddr))
+        self.assertEqual([NIC_B], config.nics_of(text))
+
+    def test_with_nics_refuses_a_bad_device_name(self):
+        bad = config.Nic(link='tin0\nlxc.x', hwaddr=NIC_A.hwaddr)
+        self.assertRaises(naming.InvalidVif, config.with_nics, build_text(),
+                          [bad])

@@ -42,3 +42,9 @@ class ImageCapabilitiesTest(base.BaseTestCase):
         self.caps(['tarball'])
         self.assertTrue(
             driver.LXCDriver.capabilities['supports_image_type_qcow2'])
+
+    def test_interface_attach_advertised_without_tags(self):
+        caps = driver.LXCDriver(fake.FakeVirtAPI()).capabilities
+        self.assertTrue(caps['supports_attach_interface'])
+        self.assertFalse(caps['supports_tagged_attach_interface'])
+        self.assertFalse(caps['supports_device_tagging'])
