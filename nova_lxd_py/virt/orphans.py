@@ -11,12 +11,28 @@ from oslo_log import log as logging
 from oslo_utils import uuidutils
 
 from nova_lxd_py import conf
+from nova_lxd_py.privsep import net
+from nova_lxd_py.virt import config
 from nova_lxd_py.virt import container
 
 CONF = conf.CONF
 LOG = logging.getLogger(__name__)
 # A container dir younger than this may be a spawn in progress.
 ORPHAN_GRACE_SECONDS = 600
+
+
+def _delete_links(name):
+    """Delete the veth pairs of a stopped orphan's ports.
+
+    Its config names the guest end of each (back on the host once it
+    stopped); deleting it deletes the host end too, which takes it out of
+    its bridge. No port object is left to unplug through os-vif: an OVS
+    port row stays for Neutron's agent to remove.
+    """
+    for nic in config.nics_of(container.read_config(name)):
+        if net.delete_veth(nic.link):
+            LOG.info('Deleted the network device %(dev)s of orphaned '
+                     'container %(name)s', {'dev': nic.link, 'name': name})
 
 
 class OrphansMixin:
@@ -64,6 +80,7 @@ class OrphansMixin:
                         'this host', name)
             try:
                 container.stop(name)
+                _delete_links(name)
                 self._remove_dir(name)
             except Exception:
                 LOG.exception('Could not remove orphaned container %s', name)

@@ -7,6 +7,9 @@ from nova import objects
 
 from nova_lxd_py.tests import fixtures as lxc_fixtures
 from nova_lxd_py.tests.functional import driver_base
+# The module, not its classes: those would be collected here again.
+from nova_lxd_py.tests.functional import test_vif
+from nova_lxd_py.vif import naming
 from nova_lxd_py.virt import container
 from nova_lxd_py.virt import driver
 
@@ -51,3 +54,24 @@ class OrphanTest(driver_base.DriverTestCase):
         self.assertEqual([kept.uuid], self.container_dirs())
         self.assertEqual([], lxc_fixtures.host_leftovers(half.uuid))
         self.assertEqual('RUNNING', container.state(kept.uuid)[0])
+
+
+class OrphanPortsTest(test_vif.VifTestCase):
+    """An orphan's ports: its veth pairs go with it."""
+
+    def setUp(self):
+        super().setUp()
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova_lxd_py.virt.orphans.ORPHAN_GRACE_SECONDS', 0))
+
+    def test_removed_orphan_leaves_no_network_device(self):
+        vif = self.net.port(2)
+        instance, _ = self.spawn_on(vif)
+        self.assertEqual([naming.host_name(vif)],
+                         test_vif.bridge_members(self.net.bridge))
+        self.flags(group='lxc', remove_orphans=True)
+        self.driver.manage_image_cache(self.context, [])
+        self.assertEqual([], self.container_dirs())
+        self.assertEqual([], lxc_fixtures.host_leftovers(instance.uuid))
+        self.assert_no_links(vif)
+        self.assertEqual([], test_vif.bridge_members(self.net.bridge))
