@@ -59,8 +59,12 @@ def define(name: str, config_text: str) -> None:
 @privsep.sys_admin_pctxt.entrypoint
 def read_config(name: str) -> str:
     """The container's config text; '' if it has none."""
+    return _read_text(os.path.join(container_dir(name), CONFIG_FILE))
+
+
+def _read_text(path):
     try:
-        with open(os.path.join(container_dir(name), CONFIG_FILE)) as f:
+        with open(path) as f:
             return f.read()
     except FileNotFoundError:
         return ''
@@ -336,11 +340,7 @@ def keep_config(name: str) -> str:
 @privsep.sys_admin_pctxt.entrypoint
 def kept_config(name: str) -> str:
     """The config keep_config put aside; '' if there is none."""
-    try:
-        with open(os.path.join(container_dir(name), RESCUE_KEPT)) as f:
-            return f.read()
-    except FileNotFoundError:
-        return ''
+    return _read_text(os.path.join(container_dir(name), RESCUE_KEPT))
 
 
 @privsep.sys_admin_pctxt.entrypoint
