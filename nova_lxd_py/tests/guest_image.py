@@ -32,6 +32,28 @@ echo "guest init: booted $(hostname)"
 """
 
 
+# Debian's busybox-static has no chpasswd applet: the same contract
+# ("user:password" lines on stdin), hashing with busybox's mkpasswd.
+CHPASSWD = """\
+#!/bin/sh
+umask 077
+status=0
+while IFS= read -r line; do
+    user=${line%%:*}
+    pass=${line#*:}
+    if ! grep -q "^$user:" /etc/passwd; then
+        echo "chpasswd: user '$user' does not exist" >&2
+        status=1
+        continue
+    fi
+    hash=$(printf '%s' "$pass" | mkpasswd -s -m sha512) || exit 1
+    { grep -v "^$user:" /etc/shadow; echo "$user:$hash:19000:0:99999:7:::"; \\
+        } > /etc/shadow.new && mv /etc/shadow.new /etc/shadow || exit 1
+done
+exit $status
+"""
+
+
 def applets():
     out = subprocess.run([BUSYBOX, '--list'], check=True,
                          capture_output=True, text=True).stdout
@@ -98,6 +120,11 @@ def busybox_members(marker=None, with_init=True):
     add('etc/passwd', tarfile.REGTYPE, b'root:x:0:0:root:/root:/bin/sh\n',
         0o644)
     add('etc/group', tarfile.REGTYPE, b'root:x:0:\n', 0o644)
+    add('etc/shadow', tarfile.REGTYPE, b'root:*:19000:0:99999:7:::\n',
+        0o600)
+    if 'chpasswd' not in applets():
+        add('usr/sbin')
+        add('usr/sbin/chpasswd', tarfile.REGTYPE, CHPASSWD.encode(), 0o755)
     if marker:
         add('etc/image-marker', tarfile.REGTYPE, marker.encode(), 0o644)
     return members

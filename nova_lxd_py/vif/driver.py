@@ -27,6 +27,7 @@ from nova_lxd_py import exception
 from nova_lxd_py.privsep import net
 from nova_lxd_py.vif import naming
 from nova_lxd_py.vif import ovs
+from nova_lxd_py.vif import qos
 from nova_lxd_py.vif import wiring
 
 LOG = logging.getLogger(__name__)
@@ -56,15 +57,27 @@ def check(vif):
         raise exception.VifPlugFailed(port=vif.get('id'), reason=e)
 
 
+def check_all(instance, network_info):
+    """Refuse ports, or the flavor's limits on them, before anything is
+    made."""
+    for vif in network_info:
+        check(vif)
+    if network_info:
+        qos.check(instance)
+
+
 def plug(instance, vif):
-    """Make the port's veth pair and wire its host end; idempotent."""
+    """Make the port's veth pair, wire its host end and give it the
+    flavor's bandwidth limits; idempotent."""
     check(vif)
+    qos.check(instance)
     side = HOST_SIDES[vif['type']]
     try:
         bridge = side.bridge(instance, vif)
         net.ensure_veth(naming.host_name(vif), naming.peer_name(vif),
                         naming.mac(vif), naming.mtu(vif) or 0, bridge)
         side.attach(instance, vif)
+        qos.apply(instance, vif)
     except Exception as e:
         raise exception.VifPlugFailed(port=vif['id'], reason=e) from e
     LOG.debug('Port %(port)s plugged as %(dev)s', {
@@ -95,6 +108,10 @@ def unplug(instance, vif):
             net.delete_veth(names[1])
     except Exception as e:
         errors.append(e)
+    try:
+        qos.remove(vif)
+    except Exception as e:
+        errors.append(e)
     if errors:
         raise nova_exception.VirtualInterfaceUnplugException(
             reason='port %s: %s' % (vif.get('id'), errors[0])) from errors[0]
@@ -103,8 +120,7 @@ def unplug(instance, vif):
 def plug_all(instance, network_info):
     """Plug every port, or none: on a failure the ones plugged (and the
     one that failed) are unplugged again before the error is raised."""
-    for vif in network_info:
-        check(vif)
+    check_all(instance, network_info)
     done = []
     try:
         for vif in network_info:

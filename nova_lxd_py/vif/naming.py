@@ -20,6 +20,9 @@ HOST_PREFIX = 'tap'
 # The container end of the veth pair, on the host until liblxc moves it
 # into the container's network namespace (and back when it stops).
 PEER_PREFIX = 'tin'
+# The ifb device whose egress shapes what the guest sends through the port
+# (flavor outbound bandwidth limits, see vif.qos).
+IFB_PREFIX = 'ifb'
 
 # Linux allows 15 bytes (IFNAMSIZ - 1); ':' would read as an IPv4 alias and
 # '/' as a path in /sys and /proc.
@@ -55,6 +58,18 @@ def peer_name(vif):
     """The container end's name while it sits in the host's namespace."""
     return checked_ifname(
         (PEER_PREFIX + _port_id(vif))[:model.NIC_NAME_LEN])
+
+
+def ifb_name(vif):
+    """The port's ifb device; named from the peer, whose name is a pure
+    function of the port id, so an orphan's config suffices to find it."""
+    return ifb_of_peer(peer_name(vif))
+
+
+def ifb_of_peer(peer):
+    if not isinstance(peer, str) or not peer.startswith(PEER_PREFIX):
+        raise InvalidVif('%r is not the guest end of a port' % (peer,))
+    return checked_ifname(IFB_PREFIX + peer[len(PEER_PREFIX):])
 
 
 def guest_name(index):

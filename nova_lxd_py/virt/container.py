@@ -196,16 +196,20 @@ def read_console_log(name: str, max_bytes: int) -> bytes:
 
 
 @privsep.sys_admin_pctxt.entrypoint
-def run_in_guest(name: str, argv: list, timeout: int) -> tuple:
+def run_in_guest(name: str, argv: list, timeout: int,
+                 stdin: bytes = b'') -> tuple:
     """Run ``argv`` inside the running guest; return (exit code, output).
 
     Like start, attaching runs in a fresh ``lxc-attach`` process. Exit
     code 124 means the command did not finish within ``timeout`` seconds.
+    ``stdin`` is the command's input: secrets go there, never in argv
+    (which any process of the guest or the host can read).
     """
     try:
         result = subprocess.run(
             ['lxc-attach', '-n', _checked(name), '-P',
              CONF.lxc.container_path, '--clear-env', '--'] + list(argv),
+            input=stdin or None,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             timeout=timeout)
     except subprocess.TimeoutExpired as e:

@@ -33,6 +33,7 @@ from nova_lxd_py.virt import container
 from nova_lxd_py.virt import host
 from nova_lxd_py.virt import hotplug
 from nova_lxd_py.virt import orphans
+from nova_lxd_py.virt import password
 from nova_lxd_py.virt import rescue
 from nova_lxd_py.virt import snapshots
 from nova_lxd_py.virt import templates
@@ -77,7 +78,7 @@ def image_capabilities(enabled):
 
 
 class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
-                snapshots.SnapshotMixin,
+                snapshots.SnapshotMixin, password.PasswordMixin,
                 hotplug.HotplugMixin, driver.ComputeDriver):
     capabilities = dict(
         driver.ComputeDriver.capabilities,
@@ -211,8 +212,7 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
               admin_password, allocations, network_info=None,
               block_device_info=None, power_on=True, accel_info=None):
         network_info = network_info or []
-        for vif in network_info:   # refused before anything is made
-            vifs.check(vif)
+        vifs.check_all(instance, network_info)   # before anything is made
         security = config.security_from_flavor(
             instance.flavor.extra_specs, CONF.lxc.allow_privileged,
             CONF.lxc.allow_nesting)

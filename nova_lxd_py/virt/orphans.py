@@ -12,6 +12,7 @@ from oslo_utils import uuidutils
 
 from nova_lxd_py import conf
 from nova_lxd_py.privsep import net
+from nova_lxd_py.vif import naming
 from nova_lxd_py.virt import config
 from nova_lxd_py.virt import container
 
@@ -33,6 +34,9 @@ def _delete_links(name):
         if net.delete_veth(nic.link):
             LOG.info('Deleted the network device %(dev)s of orphaned '
                      'container %(name)s', {'dev': nic.link, 'name': name})
+        # The port's ifb, if its flavor limited outbound bandwidth.
+        if nic.link.startswith(naming.PEER_PREFIX):
+            net.delete_ifb(naming.ifb_of_peer(nic.link))
 
 
 class OrphansMixin:

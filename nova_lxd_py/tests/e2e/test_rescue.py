@@ -59,8 +59,9 @@ class RescueTest(base.ContainerTestBase):
                          self.marker(uuid, '/mnt/rescue/etc/image-marker'))
         self.assertEqual('broken\n',
                          self.marker(uuid, '/mnt/rescue/root/before'))
-        # The password Nova was given is root's in the rescue guest.
-        hashed = self.run_in_guest(uuid, 'cat', '/etc/passwd').split(':')[1]
+        # The password Nova was given is root's in the rescue guest (in
+        # its /etc/shadow, which the guest image has).
+        hashed = self.run_in_guest(uuid, 'cat', '/etc/shadow').split(':')[1]
         self.assertEqual(hashed, self.run_in_guest(
             uuid, 'mkpasswd', '-m', 'sha512', PASSWORD,
             hashed.split('$')[2]).strip())

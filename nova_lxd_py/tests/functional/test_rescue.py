@@ -203,7 +203,8 @@ class RescueTest(driver_base.DriverTestCase):
         instance = self.spawn(self.make())
         own_passwd = self.cat(instance, '/etc/passwd')
         self.rescue(instance, password='S3cret rescue')
-        fields = self.cat(instance, '/etc/passwd').split('\n')[0].split(':')
+        # The guest image has an /etc/shadow: the hash is there.
+        fields = self.cat(instance, '/etc/shadow').split('\n')[0].split(':')
         self.assertEqual('root', fields[0])
         hashed = fields[1]
         self.assertTrue(hashed.startswith('$6$'), hashed)

@@ -75,6 +75,8 @@ REQUIREMENTS = {
     'operation.ephemeral-swap-disks': [
         'spawn', 'module:nova_lxd_py.storage.ephemeral'],
     'operation.disk-rate-limit': [TODO],
+    'operation.network-bandwidth-limit': NETWORKING + [
+        'module:nova_lxd_py.vif.qos'],
     # images
     'operation.image-rootfs-tarball': [
         'spawn', 'format:tarball', 'capability:supports_image_type_raw'],
