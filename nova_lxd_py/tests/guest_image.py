@@ -14,9 +14,12 @@ import tarfile
 
 BUSYBOX = shutil.which('busybox') or '/bin/busybox'
 
+# The last respawn line is a root shell on the console (the serial console
+# tests type into it).
 INITTAB = """\
 ::sysinit:/etc/init.d/rcS
 ::respawn:/bin/sh -c 'while :; do sleep 3600; done'
+::respawn:-/bin/sh
 ::shutdown:/bin/echo "guest init: shutting down"
 """
 

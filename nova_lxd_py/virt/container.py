@@ -5,7 +5,8 @@ container is named after its instance's UUID and lives in
 ``[lxc] container_path``; entrypoints refuse any other name.
 
 Starting and attaching run liblxc's own ``lxc-start``/``lxc-attach`` in a
-fresh process (see start()); everything else uses liblxc through its Python
+fresh process (see start()), and so does opening the console
+(send_console()); everything else uses liblxc through its Python
 bindings. Freezing writes the freezer cgroup directly: liblxc's own freeze
 polls with one-second sleeps on cgroup v1.
 """
@@ -13,6 +14,7 @@ polls with one-second sleeps on cgroup v1.
 import os
 import re
 import subprocess
+import sys
 import time
 
 import lxc
@@ -215,6 +217,88 @@ def run_in_guest(name: str, argv: list, timeout: int,
     except subprocess.TimeoutExpired as e:
         return 124, (e.stdout or b'').decode(errors='replace')
     return result.returncode, result.stdout.decode(errors='replace')
+
+
+# Run by send_console() in a fresh interpreter that imports nothing else
+# (this module's imports take seconds). liblxc hands over the console as a
+# pty master and keeps the console taken for as long as the command socket
+# it opened for the request stays open; python-lxc returns only the pty,
+# so the helper finds that socket among its own descriptors and passes
+# both on. It exits 1 (with liblxc's reason on stderr) when the console
+# cannot be had: container not running, or the console already taken.
+_CONSOLE_HELPER = """
+import os, socket, stat, sys
+import lxc
+
+def is_socket(fd):
+    try:
+        return stat.S_ISSOCK(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+name, lxcpath, address = sys.argv[1:]
+try:
+    pty = lxc.Container(name, lxcpath).console_getfd(0)
+except Exception as e:
+    sys.exit(str(e))
+if not os.isatty(pty):   # seen while the container stops
+    sys.exit('no console pty: the container is stopping')
+fds = [pty] + [fd for fd in range(3, 256) if fd != pty and is_socket(fd)]
+with socket.socket(socket.AF_UNIX) as peer:
+    peer.connect('\\0' + address)
+    socket.send_fds(peer, [b'console'], fds)
+"""
+CONSOLE_ADDRESS_PREFIX = '\0nova-lxd-py-console-'
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def send_console(name: str, address: str, timeout: int = 10) -> str:
+    """Open the container's console and send it to the caller.
+
+    The caller listens on the abstract unix socket ``address`` (which
+    starts with CONSOLE_ADDRESS_PREFIX); it receives, with SCM_RIGHTS,
+    the pty master of the console first and the descriptors that keep the
+    console taken after it: closing them all frees the console. Returns ''
+    when sent, else why not.
+    """
+    if not address.startswith(CONSOLE_ADDRESS_PREFIX) or \
+            not address[1:].isprintable():
+        raise ValueError('not a console address: %r' % address)
+    try:
+        result = subprocess.run(
+            # -I: nothing from the environment or the working directory
+            # on this root process's import path.
+            [sys.executable, '-I', '-c', _CONSOLE_HELPER, _checked(name),
+             CONF.lxc.container_path, address[1:]],
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return 'no console within %d s' % timeout
+    if result.returncode:
+        return result.stderr.decode(errors='replace').strip()[-500:] or \
+            'console helper exited with %d' % result.returncode
+    return ''
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def monitor_pid(name: str) -> int:
+    """Pid of the liblxc monitor of the running container; -1 if none.
+
+    The monitor (``lxc-start``) holds the console; it exits when the
+    container stops, and stays across a reboot from inside the guest.
+    """
+    c = _container(name)
+    pid = c.init_pid if c.running else -1
+    if pid <= 0:
+        return -1
+    try:
+        with open('/proc/%d/status' % pid) as f:
+            ppid = int(next(line for line in f
+                            if line.startswith('PPid:')).split()[1])
+        with open('/proc/%d/cmdline' % ppid, 'rb') as f:
+            cmdline = f.read()
+    except (OSError, StopIteration, ValueError):
+        return -1
+    return ppid if cmdline.startswith(b'[lxc monitor]') else -1
 
 
 def _tail(path, max_bytes, binary=False):

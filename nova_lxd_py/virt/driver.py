@@ -29,6 +29,7 @@ from nova_lxd_py.storage import images
 from nova_lxd_py.vif import driver as vifs
 from nova_lxd_py.vif import events as vif_events
 from nova_lxd_py.virt import config
+from nova_lxd_py.virt import console
 from nova_lxd_py.virt import container
 from nova_lxd_py.virt import host
 from nova_lxd_py.virt import hotplug
@@ -79,6 +80,7 @@ def image_capabilities(enabled):
 
 class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
                 snapshots.SnapshotMixin, password.PasswordMixin,
+                console.ConsoleMixin,
                 hotplug.HotplugMixin, driver.ComputeDriver):
     capabilities = dict(
         driver.ComputeDriver.capabilities,
@@ -336,6 +338,7 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
         if not container.stop(instance.uuid):
             raise exception.ContainerError(name=instance.uuid,
                                            reason='it did not stop')
+        self._close_serial_console(instance)
         self.cleanup(context, instance, network_info, block_device_info,
                      destroy_disks, destroy_secrets=destroy_secrets)
 
@@ -394,10 +397,12 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
         lxc_state, _ = container.state(instance.uuid)
         if lxc_state == 'RUNNING' and timeout and \
                 self._clean_shutdown(instance, timeout, retry_interval):
+            self._close_serial_console(instance)
             return
         if not container.stop(instance.uuid):
             raise exception.ContainerError(name=instance.uuid,
                                            reason='it did not stop')
+        self._close_serial_console(instance)
 
     def _clean_shutdown(self, instance, timeout, retry_interval):
         """Ask init to halt, again every retry_interval; True if it did."""
