@@ -55,3 +55,13 @@ class InterfaceHotplugFailed(exception.InterfaceAttachFailed):
 class InterfaceNotAttached(exception.NotFound):
     msg_fmt = _('Port %(port)s is not attached to instance '
                 '%(instance_uuid)s.')
+
+
+class ConfigDriveInvalid(exception.InvalidInput):
+    msg_fmt = _('The config drive of instance %(instance_uuid)s cannot be '
+                'built from its metadata: %(reason)s')
+
+
+class ConfigDriveBuildFailed(exception.NovaException):
+    msg_fmt = _('The config drive of instance %(instance_uuid)s could not '
+                'be written to %(path)s: %(reason)s')

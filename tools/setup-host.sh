@@ -17,6 +17,8 @@ SUBID_START=100000
 SUBID_COUNT=65536
 PACKAGES=(lxc lxc-dev lxcfs busybox-static uidmap procps iproute2
           pkg-config gcc git
+          # the Debian guest image the systemd tests build
+          debootstrap
           # image conversion: decompressors, squashfs, disk images
           tar gzip xz-utils zstd bzip2 squashfs-tools qemu-utils util-linux
           mount fdisk e2fsprogs xfsprogs btrfs-progs)

@@ -75,3 +75,54 @@ def copy_tree(src: str, dst: str) -> None:
     if proc.returncode:
         shutil.rmtree(dst, ignore_errors=True)
         raise OSError('copying %s failed: %s' % (src, proc.stderr.strip()))
+
+
+def _checked_relative(rel):
+    """``rel`` if it is a plain relative path that stays below its top."""
+    parts = rel.split('/') if isinstance(rel, str) else ()
+    if not parts or '\0' in rel or os.path.normpath(rel) != rel or \
+            rel.startswith('/') or '..' in parts or '.' in parts:
+        raise ValueError('not a relative path inside the tree: %r' % (rel,))
+    return rel
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def write_tree(path: str, files: dict) -> None:
+    """Make directory ``path`` hold exactly ``files`` ({relative path:
+    bytes}), owned by root: directories 0755, files 0644, so that an
+    unprivileged guest's root, to which host root is nobody, can read them
+    and not change them.
+
+    Written next to ``path`` and renamed into place, replacing what was
+    there: ``path`` is whole or absent, never half written.
+    """
+    path = _owned(path)
+    for rel in files:
+        _checked_relative(rel)
+    tmp = path + '.tmp'
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        os.mkdir(tmp, 0o755)
+        for rel in sorted(files):
+            parent = tmp
+            for part in rel.split('/')[:-1]:
+                parent = os.path.join(parent, part)
+                if not os.path.isdir(parent):
+                    os.mkdir(parent, 0o755)
+            fd = os.open(os.path.join(tmp, rel), os.O_WRONLY | os.O_CREAT |
+                         os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            try:
+                view = memoryview(files[rel])
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+        for top, dirs, names in os.walk(tmp):
+            os.chmod(top, 0o755)   # whatever this daemon's umask is
+            for name in names:
+                os.chmod(os.path.join(top, name), 0o644)
+        shutil.rmtree(path, ignore_errors=True)
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -23,7 +23,12 @@ SPEC_PIDS_MAX = 'lxc:pids_max'
 _PRIVILEGED_DEVICES = ('c *:* m', 'b *:* m', 'c 1:3 rwm', 'c 1:5 rwm',
                        'c 1:7 rwm', 'c 1:8 rwm', 'c 1:9 rwm', 'c 5:0 rwm',
                        'c 5:1 rwm', 'c 5:2 rwm', 'c 136:* rwm', 'c 10:229 rwm')
-_PRIVILEGED_CAP_DROP = 'mac_admin mac_override sys_time sys_module sys_rawio'
+# Dropped in every container. In a user namespace they are no use (the
+# kernel checks them in the host's namespace), but systemd judges its units'
+# ConditionCapability= by the bounding set: with them there, an unprivileged
+# systemd guest tries to mount debugfs and configfs, fails, and says
+# 'degraded'.
+_CAP_DROP = 'mac_admin mac_override sys_time sys_module sys_rawio'
 
 # Files lxcfs virtualises; bound over the guest's own only when present.
 _LXCFS_FILES = ('proc/meminfo', 'proc/cpuinfo', 'proc/stat', 'proc/uptime',
@@ -274,10 +279,14 @@ OVERLAY_USERNS_OPTIONS = 'userxattr'
 
 def build(*, instance_name, hostname, rootfs, idmap, security, limits,
           cgroup_version, init_kind, console_log, console_size_kb,
-          lxcfs_path='', seccomp_profile='', mounts=(), guest_nics=()):
+          lxcfs_path='', seccomp_profile='', mounts=(), guest_nics=(),
+          readonly_mounts=(), environment=()):
     """Return the full text of a container's liblxc config file.
 
     ``mounts``: (host directory, guest path) pairs bind-mounted read-write.
+    ``readonly_mounts``: the same, read-only (e.g. the config drive).
+    ``environment``: (name, value) pairs in the environment of the guest's
+    init.
     ``guest_nics``: the guest's network devices (Nic), in port order.
     """
     halt, reboot = INIT_SIGNALS.get(init_kind, INIT_SIGNALS['sysv'])
@@ -302,13 +311,13 @@ def build(*, instance_name, hostname, rootfs, idmap, security, limits,
         # Fail closed: never turn an unprivileged flavor into a container
         # without a user namespace.
         raise ValueError('an unprivileged container needs an id map')
+    items.append(('lxc.cap.drop', _CAP_DROP))
     if not security.privileged:
         items += [('lxc.idmap', 'u 0 %d %d' % (idmap.uid_start, idmap.size)),
                   ('lxc.idmap', 'g 0 %d %d' % (idmap.gid_start, idmap.size))]
         if rootfs.startswith(OVERLAY_PREFIX):
             items.append(('lxc.rootfs.options', OVERLAY_USERNS_OPTIONS))
     else:
-        items.append(('lxc.cap.drop', _PRIVILEGED_CAP_DROP))
         key = 'lxc.cgroup2.devices' if cgroup_version == 2 else \
             'lxc.cgroup.devices'
         items.append((key + '.deny', 'a'))
@@ -321,6 +330,10 @@ def build(*, instance_name, hostname, rootfs, idmap, security, limits,
     items += [('lxc.mount.entry', '%s %s none bind,create=dir 0 0'
                % (host_dir, guest_path.lstrip('/')))
               for host_dir, guest_path in mounts]
+    items += [('lxc.mount.entry', '%s %s none bind,ro,create=dir 0 0'
+               % (host_dir, guest_path.lstrip('/')))
+              for host_dir, guest_path in readonly_mounts]
+    items += [('lxc.environment', '%s=%s' % pair) for pair in environment]
     items += cgroup_lines(limits, cgroup_version)
     # A comment liblxc ignores, so list_instances can give Nova the names.
     return INSTANCE_NAME_KEY + instance_name + '\n' + ''.join(
@@ -390,7 +403,7 @@ def rescue_mount_entry(rootfs):
     return entry
 
 
-def rescue_config(original, rootfs, init_kind, instance_dir):
+def rescue_config(original, rootfs, init_kind, instance_dir, staying=()):
     """The rescue container's config, from the instance's own.
 
     Everything stays (name, id map, limits, console log, security) except
@@ -400,6 +413,8 @@ def rescue_config(original, rootfs, init_kind, instance_dir):
     ``instance_dir``, e.g. ephemeral disks at /mnt) move below it, where
     the instance sees them: the rescue guest finds the instance's whole
     tree at RESCUE_MOUNT, and nothing is mounted over its own /mnt.
+    Mounts of the host directories in ``staying`` (the config drive, which
+    libvirt gives a rescue guest too) stay where they are.
     """
     halt, reboot = INIT_SIGNALS.get(init_kind, INIT_SIGNALS['sysv'])
     replaced = {'lxc.rootfs.path': rootfs, 'lxc.signal.halt': halt,
@@ -415,7 +430,8 @@ def rescue_config(original, rootfs, init_kind, instance_dir):
         if sep and name in replaced:
             line = '%s = %s' % (name, replaced[name])
         elif sep and name == 'lxc.mount.entry' and value.startswith(
-                instance_dir.rstrip('/') + '/'):
+                instance_dir.rstrip('/') + '/') and \
+                value.split(None, 1)[0] not in staying:
             source, target, rest = value.split(None, 2)
             moved.append('lxc.mount.entry = %s %s/%s %s' % (
                 source, RESCUE_MOUNT.lstrip('/'), target.lstrip('/'), rest))

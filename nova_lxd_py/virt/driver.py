@@ -29,6 +29,7 @@ from nova_lxd_py.storage import images
 from nova_lxd_py.vif import driver as vifs
 from nova_lxd_py.vif import events as vif_events
 from nova_lxd_py.virt import config
+from nova_lxd_py.virt import configdrive
 from nova_lxd_py.virt import console
 from nova_lxd_py.virt import container
 from nova_lxd_py.virt import host
@@ -215,6 +216,8 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
               block_device_info=None, power_on=True, accel_info=None):
         network_info = network_info or []
         vifs.check_all(instance, network_info)   # before anything is made
+        drive = configdrive.build(instance, injected_files, admin_password,
+                                  network_info)
         security = config.security_from_flavor(
             instance.flavor.extra_specs, CONF.lxc.allow_privileged,
             CONF.lxc.allow_nesting)
@@ -229,7 +232,7 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
                                     wait=power_on):
                 vifs.plug_all(instance, network_info)
                 self._define(instance, image, idmap, security,
-                             block_device_info, network_info)
+                             block_device_info, network_info, drive)
             if power_on:
                 self._start(instance)
         except Exception:
@@ -240,7 +243,7 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
                  instance=instance)
 
     def _define(self, instance, image, idmap, security,
-                block_device_info=None, network_info=()):
+                block_device_info=None, network_info=(), drive=None):
         cdir = container.container_dir(instance.uuid)
         owner = (idmap.uid_start, idmap.gid_start) if idmap else (0, 0)
         rootfs = self._backend.create(cdir, image.rootfs, *owner,
@@ -265,7 +268,9 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
             console_size_kb=CONF.lxc.console_log_size_kb,
             lxcfs_path=CONF.lxc.lxcfs_path if host.lxcfs_active() else '',
             seccomp_profile=seccomp, mounts=mounts,
-            guest_nics=config.nics(network_info))
+            guest_nics=config.nics(network_info),
+            readonly_mounts=configdrive.write(instance, cdir, drive),
+            environment=[('product_name', configdrive.PRODUCT_NAME)])
         container.define(instance.uuid, text)
 
     def _seccomp_profile(self, cdir):

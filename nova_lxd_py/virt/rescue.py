@@ -19,6 +19,7 @@ from nova_lxd_py import exception
 from nova_lxd_py.privsep import fs
 from nova_lxd_py.storage import accounts
 from nova_lxd_py.virt import config
+from nova_lxd_py.virt import configdrive
 from nova_lxd_py.virt import container
 from nova_lxd_py.virt import templates
 
@@ -84,9 +85,10 @@ class RescueMixin:
                          hostname[0], instance)
         if password:
             self._set_rescue_password(instance, image, rdir, password)
+        cdir = container.container_dir(instance.uuid)
         container.define(instance.uuid, config.rescue_config(
-            own, rootfs, image.init_kind,
-            container.container_dir(instance.uuid)))
+            own, rootfs, image.init_kind, cdir,
+            staying=[configdrive.host_path(cdir)]))
         self._backend.activate(rdir)
         self._start(instance)
 

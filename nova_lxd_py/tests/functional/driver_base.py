@@ -174,6 +174,9 @@ class DriverTestCase(base.BaseTestCase):
         instance = fake_instance.fake_instance_obj(
             self.context, flavor=flavor, hostname=hostname)
         instance.trusted_certs = None
+        # Loaded by the compute manager; image_meta (config drive policy)
+        # reads it.
+        instance.system_metadata = {}
         return instance
 
     def image_meta(self, image_id=BUSYBOX_IMAGE, **glance):

@@ -14,7 +14,8 @@ LIMITS = config.Limits(memory_bytes=256 << 20, cpu_period_us=100000,
                        pids_max=4096)
 
 
-def own_config(rootfs, idmap=IDMAP, mounts=(), init_kind='systemd'):
+def own_config(rootfs, idmap=IDMAP, mounts=(), init_kind='systemd',
+               readonly_mounts=()):
     return config.build(
         instance_name='instance-00000001', hostname='guest-1',
         rootfs=rootfs, idmap=idmap,
@@ -22,7 +23,7 @@ def own_config(rootfs, idmap=IDMAP, mounts=(), init_kind='systemd'):
         cgroup_version=2, init_kind=init_kind,
         console_log=CDIR + '/console.log', console_size_kb=1024,
         lxcfs_path='/var/lib/lxcfs',
-        mounts=mounts)
+        mounts=mounts, readonly_mounts=readonly_mounts)
 
 
 def items(text):
@@ -94,6 +95,20 @@ class RescueConfigTest(base.BaseTestCase):
         # lxcfs' files stay where they are.
         self.assertIn('/var/lib/lxcfs/proc/meminfo proc/meminfo none '
                       'bind,optional 0 0', mounts)
+
+    def test_config_drive_stays_where_cloud_init_looks(self):
+        own = own_config(CDIR + '/rootfs', mounts=[
+            (CDIR + '/ephemeral0', '/mnt')], readonly_mounts=[
+            (CDIR + '/config-drive', '/config-drive')])
+        got = items(config.rescue_config(
+            own, CDIR + '/rescue/rootfs', 'sysv', CDIR,
+            staying=[CDIR + '/config-drive']))
+        mounts = [v for k, v in got if k == 'lxc.mount.entry']
+        self.assertIn('%s/config-drive config-drive none bind,ro,create=dir '
+                      '0 0' % CDIR, mounts)
+        self.assertIn('%s/ephemeral0 mnt/rescue/mnt none bind,create=dir '
+                      '0 0' % CDIR, mounts)
+        self.assertEqual(1, len([m for m in mounts if 'config-drive' in m]))
         self.assertEqual(3 + 8, len(mounts))
 
     @ddt.data('overlay:/a,b:/c/upper', 'overlay:/a:/c d/upper',
