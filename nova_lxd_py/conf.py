@@ -147,6 +147,22 @@ OPTS = [
              'speed on fast disks; choose by what is scarcer, the compute '
              'host\'s CPU time or Glance\'s storage and the network to '
              'it. This driver boots every choice.'),
+    cfg.StrOpt(
+        'ovs_network_namespace',
+        default='',
+        help='Named network namespace (``ip netns``; a file in '
+             '/run/netns) in which ovs-vswitchd runs, as it may with the '
+             'userspace ``netdev`` datapath on a host without the '
+             'openvswitch kernel module. The host end of each \'ovs\' '
+             'port\'s veth pair is moved there before os-vif adds it to '
+             'the integration bridge, since ovs-vswitchd opens ports by '
+             'name in its own namespace; the guest end still goes into '
+             'the container. Empty: ovs-vswitchd runs in nova-compute\'s '
+             'namespace (the usual case). Hybrid plug (``ovs_hybrid_plug``, '
+             'Neutron\'s iptables_hybrid firewall) is refused with this '
+             'set: use the openvswitch or noop firewall driver. Related: '
+             '``[os_vif_ovs] ovsdb_connection``, which must reach that '
+             'switch\'s database.'),
     cfg.IntOpt(
         'start_timeout',
         default=30, min=1,

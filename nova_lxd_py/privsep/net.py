@@ -47,6 +47,24 @@ def _lookup(ipr, name, kind):
     return link['index']
 
 
+def _open_netns(name):
+    """A descriptor of the named network namespace ``name``; ValueError
+    naming the namespace if there is none (a missing namespace is an
+    operator's error, not a driver's)."""
+    name = naming.checked_netns(name)
+    try:
+        return os.open(os.path.join(netns.NETNS_RUN_DIR, name), os.O_RDONLY)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(e.errno, 'network namespace %s does not '
+                                'exist (ip netns list)' % name)
+
+
+def _is_host_netns(fd):
+    host = os.stat('/proc/self/ns/net')
+    target = os.fstat(fd)
+    return (host.st_dev, host.st_ino) == (target.st_dev, target.st_ino)
+
+
 @privsep.sys_admin_pctxt.entrypoint
 def ensure_bridge(name: str) -> None:
     """Create the Linux bridge if it is missing and bring it up.
@@ -72,7 +90,7 @@ def ensure_bridge(name: str) -> None:
 
 @privsep.sys_admin_pctxt.entrypoint
 def ensure_veth(host: str, peer: str, mac: str, mtu: int,
-                bridge: typing.Optional[str]) -> None:
+                bridge: typing.Optional[str], host_netns: str = '') -> None:
     """Make the veth pair host <-> peer, or bring an existing one in line.
 
     The host end gets ``mtu`` (0: the kernel's default), joins ``bridge``
@@ -82,47 +100,84 @@ def ensure_veth(host: str, peer: str, mac: str, mtu: int,
     peer, while it is still in the host's namespace (the container is
     stopped), gets the port's MAC and the MTU and stays down: nothing on
     the host may send through it; liblxc brings it up in the guest.
+
+    ``host_netns``: the named network namespace the host end lives in
+    ('' for this one), for a switch that runs there. The pair is made
+    here and the host end moved there (a host end found here, from a
+    plug stopped half way, is moved too); it can join no bridge.
     """
     host, peer = naming.checked_ifname(host), naming.checked_ifname(peer)
-    with IPRoute() as ipr:
-        master = _lookup(ipr, bridge, 'bridge') if bridge else 0
-        if bridge and master is None:
-            raise ValueError('bridge %s does not exist' % bridge)
-        index = _lookup(ipr, host, 'veth')
-        if index is None:
-            # A peer alone is half of a pair whose host end was renamed or
-            # is being removed: it cannot be ours to reuse.
-            stale = _lookup(ipr, peer, 'veth')
-            if stale is not None:
-                ipr.link('del', index=stale)
-            peer_spec = {'ifname': peer, 'address': mac}
-            if mtu:
-                peer_spec['mtu'] = mtu
-            ipr.link('add', ifname=host, kind='veth', peer=peer_spec)
-            index = _lookup(ipr, host, 'veth')
-        peer_index = _lookup(ipr, peer, 'veth')
-        if peer_index is not None:
-            settings = {'address': mac}
+    fd = _open_netns(host_netns) if host_netns else None
+    try:
+        if fd is not None and bridge:
+            raise ValueError('a host end in namespace %s joins no Linux '
+                             'bridge' % host_netns)
+        with IPRoute() as ipr:
+            master = _lookup(ipr, bridge, 'bridge') if bridge else 0
+            if bridge and master is None:
+                raise ValueError('bridge %s does not exist' % bridge)
+            if fd is None:
+                index = _make_veth(ipr, host, peer, mac, mtu)
+            else:
+                index = _in_netns(fd, lambda r: _lookup(r, host, 'veth'))
+                if index is None:
+                    local = _make_veth(ipr, host, peer, mac, mtu)
+                    ipr.link('set', index=local, net_ns_fd=fd)
+            peer_index = _lookup(ipr, peer, 'veth')
+            if peer_index is not None:
+                settings = {'address': mac}
+                if mtu:
+                    settings['mtu'] = mtu
+                ipr.link('set', index=peer_index, **settings)
+            settings = {} if bridge is None else {'master': master}
             if mtu:
                 settings['mtu'] = mtu
-            ipr.link('set', index=peer_index, **settings)
-        settings = {} if bridge is None else {'master': master}
+            if fd is None:
+                _set_up(ipr, index, settings)
+            else:
+                _in_netns(fd, lambda r: _set_up(
+                    r, _lookup(r, host, 'veth'), settings))
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _make_veth(ipr, host, peer, mac, mtu):
+    """The index of the veth ``host`` here, made with its peer if missing."""
+    index = _lookup(ipr, host, 'veth')
+    if index is None:
+        # A peer alone is half of a pair whose host end was renamed or
+        # is being removed: it cannot be ours to reuse.
+        stale = _lookup(ipr, peer, 'veth')
+        if stale is not None:
+            ipr.link('del', index=stale)
+        peer_spec = {'ifname': peer, 'address': mac}
         if mtu:
-            settings['mtu'] = mtu
-        if settings:
-            ipr.link('set', index=index, **settings)
-        ipr.link('set', index=index, state='up')
+            peer_spec['mtu'] = mtu
+        ipr.link('add', ifname=host, kind='veth', peer=peer_spec)
+        index = _lookup(ipr, host, 'veth')
+    return index
+
+
+def _set_up(ipr, index, settings):
+    if index is None:
+        raise ValueError('the host end vanished while it was plugged')
+    if settings:
+        ipr.link('set', index=index, **settings)
+    ipr.link('set', index=index, state='up')
 
 
 @privsep.sys_admin_pctxt.entrypoint
-def delete_veth(name: str) -> bool:
+def delete_veth(name: str, host_netns: str = '') -> bool:
     """Delete a veth pair by either end; False if there was none.
 
     Deleting one end deletes the other, wherever it is: a running guest
-    loses the device at once.
+    loses the device at once. ``host_netns``: the named network namespace
+    to look in ('' for this one); one that is gone holds no device.
     """
     name = naming.checked_ifname(name)
-    with IPRoute() as ipr:
+
+    def delete(ipr):
         index = _lookup(ipr, name, 'veth')
         if index is None:
             return False
@@ -132,6 +187,18 @@ def delete_veth(name: str) -> bool:
             if e.code != errno.ENODEV:   # gone meanwhile: fine
                 raise
         return True
+
+    if not host_netns:
+        with IPRoute() as ipr:
+            return delete(ipr)
+    try:
+        fd = _open_netns(host_netns)
+    except FileNotFoundError:
+        return False   # the namespace went, with its devices
+    try:
+        return _in_netns(fd, delete)
+    finally:
+        os.close(fd)
 
 
 # Everything a veth can offload of its transmit checksums.
@@ -210,9 +277,7 @@ def move_into_netns(peer: str, pid: int, mac: str, mtu: int) -> str:
         raise ValueError('%r is not the init of a container' % pid)
     fd = os.open('/proc/%d/ns/net' % pid, os.O_RDONLY)
     try:
-        host = os.stat('/proc/self/ns/net')
-        target = os.fstat(fd)
-        if (host.st_dev, host.st_ino) == (target.st_dev, target.st_ino):
+        if _is_host_netns(fd):
             raise ValueError('process %d is in the host\'s network '
                              'namespace' % pid)
         with IPRoute() as ipr:

@@ -174,11 +174,16 @@ class _OvsDaemons:
     a second switch would never be seen. Nothing of the system's Open
     vSwitch is used or touched: the database, sockets, pid and log files
     live in a private directory, and the daemons are stopped at exit.
+
+    ovs-vswitchd runs in the host's network namespace or, for tests of
+    ``[lxc] ovs_network_namespace``, in a named one of its own: ``start``
+    restarts it where it is asked for (the database and its clients stay).
     """
 
     def __init__(self):
         self.path = None
         self.failure = None
+        self.netns = None   # where ovs-vswitchd runs; None: the host's
 
     @property
     def socket(self):
@@ -201,34 +206,64 @@ class _OvsDaemons:
         return self._run(['ovs-vsctl', '--db=unix:' + self.socket,
                           '--timeout=30'] + list(args))
 
-    def start(self):
-        """The database socket; unittest.SkipTest if OVS cannot run."""
+    def start(self, in_netns=False):
+        """The database socket; unittest.SkipTest if OVS cannot run.
+
+        ``in_netns``: ovs-vswitchd runs in a network namespace of its own
+        (named in ``self.netns``), not in the host's.
+        """
         if self.failure:
             raise unittest.SkipTest(self.failure)
-        if self.path:
-            return self.socket
-        self.path = tempfile.mkdtemp(prefix='nova-lxd-py-ovs-',
-                                     dir='/var/tmp')
-        atexit.register(self.stop)
         try:
-            self._run(['ovsdb-tool', 'create', self._file('conf.db'),
-                       OVS_SCHEMA])
-            self._run(['ovsdb-server', self._file('conf.db'),
-                       '--remote=punix:' + self.socket,
-                       '--pidfile=' + self._file('db.pid'),
-                       '--unixctl=' + self._file('db.ctl'),
-                       '--log-file=' + self._file('db.log'), '--detach'])
-            self._run(['ovs-vsctl', '--db=unix:' + self.socket, '--no-wait',
-                       'init'])
-            self._run(['ovs-vswitchd', 'unix:' + self.socket,
-                       '--pidfile=' + self._file('vs.pid'),
-                       '--unixctl=' + self._file('vs.ctl'),
-                       '--log-file=' + self._file('vs.log'), '--detach'])
+            if not self.path:
+                self.path = tempfile.mkdtemp(prefix='nova-lxd-py-ovs-',
+                                             dir='/var/tmp')
+                atexit.register(self.stop)
+                self._run(['ovsdb-tool', 'create', self._file('conf.db'),
+                           OVS_SCHEMA])
+                self._run(['ovsdb-server', self._file('conf.db'),
+                           '--remote=punix:' + self.socket,
+                           '--pidfile=' + self._file('db.pid'),
+                           '--unixctl=' + self._file('db.ctl'),
+                           '--log-file=' + self._file('db.log'),
+                           '--detach'])
+                self._run(['ovs-vsctl', '--db=unix:' + self.socket,
+                           '--no-wait', 'init'])
+                self.netns = ''   # no ovs-vswitchd yet
+            wanted = self._netns_name() if in_netns else None
+            if wanted != self.netns:
+                if self.netns != '':
+                    self._stop_vswitchd()
+                if wanted:
+                    subprocess.run(['ip', 'netns', 'add', wanted],
+                                   capture_output=True, check=False)
+                    self._run(['ip', '-n', wanted, 'link', 'set', 'lo',
+                               'up'])
+                self._start_vswitchd(wanted)
         except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
             self.failure = 'Open vSwitch cannot run here: %s' % e
             self.stop()
             raise unittest.SkipTest(self.failure)
         return self.socket
+
+    @staticmethod
+    def _netns_name():
+        return 'nlxpy-ovs-%d' % os.getpid()
+
+    def _start_vswitchd(self, netns):
+        prefix = ['ip', 'netns', 'exec', netns] if netns else []
+        self._run(prefix + ['ovs-vswitchd', 'unix:' + self.socket,
+                            '--pidfile=' + self._file('vs.pid'),
+                            '--unixctl=' + self._file('vs.ctl'),
+                            '--log-file=' + self._file('vs.log'),
+                            '--detach'])
+        self.netns = netns
+
+    def _stop_vswitchd(self):
+        subprocess.run(['ovs-appctl', '-t', self._file('vs.ctl'), 'exit',
+                        '--cleanup'], capture_output=True, timeout=30,
+                       check=False)
+        _kill_from_pidfile(self._file('vs.pid'))
 
     def stop(self):
         if not self.path:
@@ -238,11 +273,11 @@ class _OvsDaemons:
         client = impl_idl.NeutronOvsdbIdl._ovsdb_connection
         if client is not None:
             client.stop(timeout=5)
-        subprocess.run(['ovs-appctl', '-t', self._file('vs.ctl'), 'exit',
-                        '--cleanup'], capture_output=True, timeout=30,
-                       check=False)
-        for pidfile in ('vs.pid', 'db.pid'):
-            _kill_from_pidfile(self._file(pidfile))
+        self._stop_vswitchd()
+        _kill_from_pidfile(self._file('db.pid'))
+        subprocess.run(['ip', 'netns', 'del', self._netns_name()],
+                       capture_output=True, check=False)
+        self.netns = None
         shutil.rmtree(self.path, ignore_errors=True)
         self.path = None
 
@@ -277,13 +312,19 @@ class OpenVSwitch(fixtures.Fixture):
     switch, with os-vif pointed at that switch; on cleanup the bridge is
     deleted with every port on it.
 
-    The switch runs in the host's network namespace, as the veth host ends
-    must be where ovs-vswitchd is; the netdev datapath needs no kernel
+    The switch runs in the host's network namespace or, ``in_netns``, in
+    a named one (``self.netns``; None for the host's): the veth host ends
+    must be where ovs-vswitchd is. The netdev datapath needs no kernel
     module. The test is skipped if ovs-vswitchd cannot run.
     """
 
+    def __init__(self, in_netns=False):
+        super().__init__()
+        self.in_netns = in_netns
+
     def _setUp(self):
-        socket = _OVS.start()
+        socket = _OVS.start(self.in_netns)
+        self.netns = _OVS.netns
         self.bridge = 'brt%08x' % random.getrandbits(32)
         try:
             self.vsctl('add-br', self.bridge, '--', 'set', 'Bridge',

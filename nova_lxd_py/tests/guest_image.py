@@ -31,7 +31,38 @@ hostname -F /etc/hostname 2>/dev/null
 echo "guest init: kernel $(uname -sr) on $(uname -m)"
 echo "guest init: $(grep -c ^processor /proc/cpuinfo) CPU(s)"
 echo "guest init: $(grep MemTotal /proc/meminfo)"
+# eth0 (a port the guest booted with) by DHCP, in the background: with
+# no DHCP server on its network (the functional tests' bridges) the guest
+# boots as fast and keeps the addresses it is given by hand.
+if [ -e /sys/class/net/eth0 ]; then
+    udhcpc -i eth0 -f -T 2 -A 5 -s /usr/share/udhcpc/default.script \
+        >/dev/null 2>&1 &
+fi
 echo "guest init: booted $(hostname)"
+"""
+
+# busybox udhcpc's hook: $1 is the event, the lease is in the environment
+# ($mask: the prefix length). It never flushes the device, so addresses
+# given by hand stay.
+UDHCPC_SCRIPT = """\
+#!/bin/sh
+case "$1" in
+deconfig)
+    ip link set "$interface" up
+    ;;
+bound|renew)
+    ip addr replace "$ip/${mask:-24}" dev "$interface"
+    if [ -n "$router" ]; then
+        ip route replace default via "${router%% *}" dev "$interface"
+    fi
+    if [ -n "$dns" ]; then
+        for server in $dns; do echo "nameserver $server"; done \
+            >/etc/resolv.conf
+    fi
+    echo "guest dhcp: $interface $1 $ip/${mask:-24}" >/dev/console
+    ;;
+esac
+exit 0
 """
 
 
@@ -95,7 +126,8 @@ def busybox_members(marker=None, with_init=True):
         members.append((info, data))
 
     for d in ('bin', 'sbin', 'etc', 'etc/init.d', 'proc', 'sys', 'dev',
-              'tmp', 'root', 'run', 'var', 'var/log', 'usr', 'usr/bin'):
+              'tmp', 'root', 'run', 'var', 'var/log', 'usr', 'usr/bin',
+              'usr/share', 'usr/share/udhcpc'):
         add(d, mode=0o1777 if d == 'tmp' else 0o755)
     with open(BUSYBOX, 'rb') as f:
         add('bin/busybox', tarfile.REGTYPE, f.read())
@@ -120,6 +152,8 @@ def busybox_members(marker=None, with_init=True):
         add('sbin/init', tarfile.SYMTYPE, link='/bin/busybox', mode=0o777)
     add('etc/inittab', tarfile.REGTYPE, INITTAB.encode(), 0o644)
     add('etc/init.d/rcS', tarfile.REGTYPE, RCS.encode(), 0o755)
+    add('usr/share/udhcpc/default.script', tarfile.REGTYPE,
+        UDHCPC_SCRIPT.encode(), 0o755)
     add('etc/passwd', tarfile.REGTYPE, b'root:x:0:0:root:/root:/bin/sh\n',
         0o644)
     add('etc/group', tarfile.REGTYPE, b'root:x:0:\n', 0o644)

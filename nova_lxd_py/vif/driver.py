@@ -75,7 +75,8 @@ def plug(instance, vif):
     try:
         bridge = side.bridge(instance, vif)
         net.ensure_veth(naming.host_name(vif), naming.peer_name(vif),
-                        naming.mac(vif), naming.mtu(vif) or 0, bridge)
+                        naming.mac(vif), naming.mtu(vif) or 0, bridge,
+                        side.host_netns(vif))
         side.attach(instance, vif)
         qos.apply(instance, vif)
     except Exception as e:
@@ -103,9 +104,7 @@ def unplug(instance, vif):
         except Exception as e:
             errors.append(e)
     try:
-        # The peer alone is left only by a pair made half way.
-        if not net.delete_veth(names[0]):
-            net.delete_veth(names[1])
+        _delete_pair(names, side.host_netns(vif) if side else '')
     except Exception as e:
         errors.append(e)
     try:
@@ -115,6 +114,17 @@ def unplug(instance, vif):
     if errors:
         raise nova_exception.VirtualInterfaceUnplugException(
             reason='port %s: %s' % (vif.get('id'), errors[0])) from errors[0]
+
+
+def _delete_pair(names, host_netns):
+    """Delete the pair by its host end, in its namespace or (a plug
+    stopped before the move, or the option changed since) in ours, else
+    by its peer: the peer alone is left only by a pair made half way."""
+    host, peer = names
+    if host_netns and net.delete_veth(host, host_netns):
+        return
+    if not net.delete_veth(host):
+        net.delete_veth(peer)
 
 
 def plug_all(instance, network_info):

@@ -30,6 +30,10 @@ _IFNAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$')
 _MAC = re.compile(r'^[0-9a-f]{2}(:[0-9a-f]{2}){5}$')
 
 
+# A name `ip netns add` accepts that stays a file of /run/netns.
+_NETNS = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$')
+
+
 class InvalidVif(ValueError):
     """The VIF lacks a field we need or has one we cannot use safely."""
 
@@ -37,6 +41,13 @@ class InvalidVif(ValueError):
 def checked_ifname(name):
     if not isinstance(name, str) or not _IFNAME.match(name):
         raise InvalidVif('%r is not a usable network device name' % (name,))
+    return name
+
+
+def checked_netns(name):
+    """A named network namespace's name (``ip netns``), checked."""
+    if not isinstance(name, str) or not _NETNS.match(name):
+        raise InvalidVif('%r is not a network namespace name' % (name,))
     return name
 
 

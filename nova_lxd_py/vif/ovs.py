@@ -19,22 +19,35 @@ ovs-vswitchd reads and writes the veth through a packet socket, so a host
 without the openvswitch kernel module can run OVS ports too; the guest's
 end then computes its own checksums (``net.disable_tx_checksum``).
 
+With ``[lxc] ovs_network_namespace`` set, ovs-vswitchd runs in that named
+network namespace (as it can with the netdev datapath): the host end is
+moved there before os-vif adds it, for ovs-vswitchd opens ports by name
+in its own namespace. os-vif only talks to the switch's database then;
+the device operations it would do itself look for the device in
+nova-compute's namespace and find none. Hybrid plug is refused with it:
+os-vif would make qbr and the qvb/qvo pair in nova-compute's namespace,
+where ovs-vswitchd cannot open qvo.
+
 os-vif reads ``[os_vif_ovs]`` (``ovsdb_connection`` ...) when it is
 initialized, on the first OVS port, and does its privileged work through
 its own privsep context (``[vif_plug_ovs_privileged]``).
 """
 
+import os
 import threading
 
 from nova.network import model
 from nova.network import os_vif_util
 import os_vif
 from os_vif import objects as osv_objects
+from pyroute2 import netns as pyroute2_netns
 
+from nova_lxd_py import conf
 from nova_lxd_py.privsep import net
 from nova_lxd_py.vif import naming
 from nova_lxd_py.vif import wiring
 
+CONF = conf.CONF
 NETDEV = model.VIF_DETAILS_OVS_DATAPATH_NETDEV
 
 _init_lock = threading.Lock()
@@ -94,7 +107,24 @@ class OpenVSwitch(wiring.Wiring):
                                     % vif.get('id'))
         naming.checked_ifname(obj.network.bridge)
         if _hybrid(obj):
+            if CONF.lxc.ovs_network_namespace:
+                raise naming.InvalidVif(
+                    'port %s asks for hybrid plug (ovs_hybrid_plug, '
+                    'Neutron\'s iptables_hybrid firewall), which [lxc] '
+                    'ovs_network_namespace does not support; use the '
+                    'openvswitch or noop firewall driver'
+                    % vif.get('id'))
             naming.checked_ifname(obj.bridge_name)
+
+        netns = CONF.lxc.ovs_network_namespace
+        if netns and not os.path.exists(os.path.join(
+                pyroute2_netns.NETNS_RUN_DIR, naming.checked_netns(netns))):
+            raise naming.InvalidVif(
+                'network namespace %s ([lxc] ovs_network_namespace) does '
+                'not exist: is ovs-vswitchd running?' % netns)
+
+    def host_netns(self, vif):
+        return CONF.lxc.ovs_network_namespace
 
     def bridge(self, instance, vif):
         obj = to_osvif(vif)

@@ -29,6 +29,11 @@ class Wiring:
         """
         return ''
 
+    def host_netns(self, vif):
+        """The named network namespace the host end lives in; '' for
+        nova-compute's own."""
+        return ''
+
     def attach(self, instance, vif):
         """Wire the host end once the pair exists; idempotent."""
 

@@ -3,10 +3,12 @@
 #
 # Keystone, Glance (file store), Placement, Nova (API, conductor, scheduler,
 # compute with lxc_py.LXCDriver) and Neutron (ML2 with the Open vSwitch
-# mechanism driver on OVS's userspace datapath), with MariaDB and RabbitMQ,
+# mechanism driver on OVS's userspace datapath, and a DHCP agent), with
+# MariaDB and RabbitMQ,
 # all real processes on 127.0.0.1, started by hand (no systemd). Every file
 # lives under one base dir; nothing outside it changes but Debian packages,
-# one network namespace and the `nova-lxd-py` entry of
+# network namespaces (the switch's, and qdhcp-* of the networks) and the
+# `nova-lxd-py` entry of
 # /etc/openstack/clouds.yaml.
 #
 # Usage (as root, on Debian 12 or 13):
@@ -50,6 +52,11 @@ RABBIT_PORT=5672
 RABBIT_DIST_PORT=25672
 FLAVOR=container.tiny
 IMAGE=busybox-guest
+# The servers' network (VXLAN, DHCP): its range overlaps nothing on the
+# host (RFC 2544's 198.18.0.0/15; the functional tests' guests use
+# 198.18.N.0/24 inside their own bridges).
+NETWORK=nova-lxd-py-net
+SUBNET_RANGE=198.19.10.0/24
 CONTAINER_TRAIT=CUSTOM_SYSTEM_CONTAINER_HOST
 CONTAINER_PATH=$DATA/nova/instances/containers
 
@@ -59,13 +66,14 @@ PIP_PACKAGES="keystone glance openstack-placement nova neutron
 # setuptools>=70.1 builds wheels by itself: the driver is reinstalled on
 # every up without build isolation (seconds instead of tens of seconds).
 APT_PACKAGES="rabbitmq-server mariadb-server openvswitch-switch socat
+    dnsmasq-base iptables ethtool iputils-ping
     curl iproute2 procps lxc lxc-dev lxcfs uidmap busybox-static gcc
     pkg-config python3-dev python3-venv"
 
 # Stopped in this order; the relays only once the OVS agent is gone (it hangs
 # in its graceful stop without RabbitMQ), RabbitMQ and MariaDB last.
 SERVICES="nova-compute nova-scheduler nova-conductor nova-api
-    neutron-ovs-agent neutron-rpc-server neutron-api glance placement keystone"
+    neutron-dhcp-agent neutron-ovs-agent neutron-rpc-server neutron-api glance placement keystone"
 RELAYS="rabbit-relay-netns rabbit-relay-host"
 
 # ------------------------------------------------------------------ helpers
@@ -164,6 +172,7 @@ render() {  # render TEMPLATE DEST
     sed -e "s|@BASE@|$BASE|g" -e "s|@ETC@|$ETC|g" -e "s|@LOGS@|$LOGS|g" \
         -e "s|@RUN@|$RUN|g" -e "s|@DATA@|$DATA|g" -e "s|@VENV@|$VENV|g" \
         -e "s|@OVS_RUN@|$OVS_RUN|g" -e "s|@HOST@|$HOST_NAME|g" \
+        -e "s|@NETNS@|$NETNS|g" \
         -e "s|@DEBUG@|$DEBUG|g" -e "s|@KEYSTONE@|$KEYSTONE_URL|g" \
         -e "s|@MYSQL_PORT@|$MYSQL_PORT|g" -e "s|@RABBIT_PORT@|$RABBIT_PORT|g" \
         -e "s|@DB@|mysql+pymysql://cloud:$(secret db)@127.0.0.1:$MYSQL_PORT|g" \
@@ -302,6 +311,7 @@ write_configs() {
     render neutron.conf "$ETC/neutron/neutron.conf"
     render ml2_conf.ini "$ETC/neutron/ml2_conf.ini"
     render openvswitch_agent.ini "$ETC/neutron/openvswitch_agent.ini"
+    render dhcp_agent.ini "$ETC/neutron/dhcp_agent.ini"
     cp "$VENV/etc/neutron/api-paste.ini" "$ETC/neutron/"
     printf '[DEFAULT]\nlog_file = %s/neutron-api.log\n' "$LOGS" >"$ETC/neutron/neutron-api-log.conf"
     "$VENV/bin/python" "$HERE/clouds_yaml.py" add "$ETC/clouds.yaml" "$CLOUD" \
@@ -485,6 +495,11 @@ start_services() {
         OVS_RUNDIR="$OVS_RUN" "$VENV/bin/neutron-openvswitch-agent" \
         --config-file "$ETC/neutron/neutron.conf" \
         --config-file "$ETC/neutron/openvswitch_agent.ini"
+    # nsenter, not `ip netns exec`: the latter's private mount namespace
+    # would keep the qdhcp-* namespaces the agent makes from the host.
+    start neutron-dhcp-agent nsenter --net="/run/netns/$NETNS" env PATH="$VENV/bin:$PATH" \
+        "$VENV/bin/neutron-dhcp-agent" --config-file "$ETC/neutron/neutron.conf" \
+        --config-file "$ETC/neutron/dhcp_agent.ini"
     restart_compute_if_changed
     for s in conductor scheduler compute; do
         start "nova-$s" env PATH="$VENV/bin:$PATH" "$VENV/bin/nova-$s" \
@@ -507,9 +522,9 @@ trait_reported() {
         WHERE t.name = '$CONTAINER_TRAIT'"
 }
 
-agent_alive() {
+agent_alive() {  # agent_alive TYPE
     db_has "SELECT 1 FROM neutron.agents WHERE host='$HOST_NAME'
-        AND agent_type='Open vSwitch agent'
+        AND agent_type='$1'
         AND heartbeat_timestamp > UTC_TIMESTAMP() - INTERVAL 75 SECOND"
 }
 
@@ -528,7 +543,22 @@ discover_compute() {
     wait_for nova-compute "$LOGS/nova-compute.log" 180 compute_registered
     host_mapped || wait_for nova-manage "$LOGS/nova-manage.log" 60 map_host
     wait_for nova-compute "$LOGS/nova-compute.log" 120 trait_reported
-    wait_for neutron-ovs-agent "$LOGS/neutron-ovs-agent.log" 120 agent_alive
+    wait_for neutron-ovs-agent "$LOGS/neutron-ovs-agent.log" 120 \
+        agent_alive 'Open vSwitch agent'
+    wait_for neutron-dhcp-agent "$LOGS/neutron-dhcp-agent.log" 120 \
+        agent_alive 'DHCP agent'
+}
+
+# The servers' network: a VXLAN network of the admin project (not shared:
+# Tempest's own projects must not see it) with DHCP, served from a
+# qdhcp-<network id> namespace on this host.
+network_and_subnet() {
+    local log=$LOGS/setup-osc.log
+    db_has "SELECT 1 FROM neutron.networks WHERE name='$NETWORK'" ||
+        run network "$log" osc network create "$NETWORK"
+    db_has "SELECT 1 FROM neutron.subnets WHERE name='$NETWORK-subnet'" ||
+        run network "$log" osc subnet create --network "$NETWORK" \
+            --subnet-range "$SUBNET_RANGE" --dhcp "$NETWORK-subnet"
 }
 
 flavor_and_image() {
@@ -554,27 +584,41 @@ guest_ps() {  # guest_ps SERVER_ID
     lxc-attach -n "$1" -P "$CONTAINER_PATH" -- /bin/ps
 }
 
+network_id() {
+    mysql_cli -N -e "SELECT id FROM neutron.networks WHERE name='$NETWORK'"
+}
+
+# ping_guest ADDRESS: ping the guest from its network's DHCP namespace.
+ping_guest() {
+    ip netns exec "qdhcp-$(network_id)" ping -c 1 -W 1 "$1"
+}
+
 demo() {
-    local id
+    local id address
     if db_has "SELECT 1 FROM nova_cell1.instances WHERE display_name='demo'
                AND deleted=0"; then
         osc server delete --wait demo
     fi
-    id=$(osc server create --flavor "$FLAVOR" --image "$IMAGE" --nic none --wait \
-        -f value -c id demo 2>"$LOGS/demo-create.log") ||
+    id=$(osc server create --flavor "$FLAVOR" --image "$IMAGE" --network "$NETWORK" \
+        --wait -f value -c id demo 2>"$LOGS/demo-create.log") ||
         fail nova-compute "$LOGS/nova-compute.log" \
             "'openstack server create demo' failed: $(tail -n 3 "$LOGS/demo-create.log")"
-    echo "\$ openstack --os-cloud $CLOUD server create --flavor $FLAVOR --image $IMAGE --nic none --wait demo"
+    echo "\$ openstack --os-cloud $CLOUD server create --flavor $FLAVOR --image $IMAGE --network $NETWORK --wait demo"
     echo "\$ openstack --os-cloud $CLOUD server show demo"
     osc server show "$id" -c id -c name -c status -c OS-EXT-STS:power_state \
-        -c OS-EXT-SRV-ATTR:host -c OS-EXT-SRV-ATTR:hypervisor_hostname -c image -c created ||
+        -c OS-EXT-SRV-ATTR:host -c addresses -c image -c created ||
         fail nova-api "$LOGS/nova-api.log" "'openstack server show' failed"
-    echo "\$ openstack --os-cloud $CLOUD console log show demo"
-    osc console log show "$id" ||
-        fail nova-compute "$LOGS/nova-compute.log" "'openstack console log show' failed"
     echo "\$ lxc-attach -n $id -P $CONTAINER_PATH -- /bin/ps"
     guest_ps "$id" || fail nova-compute "$LOGS/nova-compute.log" \
         "no command runs in the guest (lxc-attach exited $?)"
+    address=$(osc port list --server "$id" -f value -c 'Fixed IP Addresses' |
+        grep -oE "ip_address': '[0-9.]+" | cut -d"'" -f3 | head -n 1)
+    echo "\$ ip netns exec qdhcp-$(network_id) ping -c 1 $address"
+    wait_for demo-guest "$LOGS/neutron-dhcp-agent.log" 60 ping_guest "$address"
+    ping_guest "$address"
+    echo "\$ openstack --os-cloud $CLOUD console log show demo"
+    osc console log show "$id" ||
+        fail nova-compute "$LOGS/nova-compute.log" "'openstack console log show' failed"
 }
 
 cmd_up() {
@@ -601,6 +645,7 @@ cmd_up() {
     phase services start_services
     phase compute-discovered discover_compute
     phase flavor-image flavor_and_image
+    phase network network_and_subnet
     phase clouds.yaml publish_clouds_yaml
     local dt=$(( ($(now) - t0) / 1000000 ))
     printf '%-28s %4ds\n' cloud-ready "$dt" | tee -a "$TIMINGS"
@@ -673,6 +718,35 @@ stop_openvswitch() {
     fi
 }
 
+# The dnsmasq processes and qdhcp-* namespaces the DHCP agent made (it
+# leaves them when it stops): one directory per network in its state dir.
+stop_dhcp() {
+    local dir pid
+    for dir in "$DATA"/neutron/dhcp/*/; do
+        [ -d "$dir" ] || continue
+        pid=$(cat "$dir/pid" 2>/dev/null) || pid=
+        if [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; then
+            echo "   stopped dnsmasq ($pid)"
+        fi
+        if ip netns list | grep -qw "qdhcp-$(basename "$dir")"; then
+            ip netns del "qdhcp-$(basename "$dir")" &&
+                echo "   deleted netns qdhcp-$(basename "$dir")"
+        fi
+    done
+    return 0
+}
+
+# unmount_under DIR: every mount below DIR, deepest first (the root disks
+# of servers that were never deleted, such as the demo's).
+unmount_under() {
+    local mnt
+    awk -v dir="$1/" 'index($5, dir) == 1 {print $5}' /proc/self/mountinfo |
+        sort -r | while read -r mnt; do
+            umount "$mnt" && echo "   unmounted $mnt"
+        done
+    return 0
+}
+
 stop_mariadb() {
     alive mariadb || { rm -f "$RUN/mariadb.pid"; return 0; }
     echo "   stopping mariadb"
@@ -703,6 +777,7 @@ cmd_down() {
     stop_pids $RELAYS
     stop_privsep_helpers
     stop_containers
+    stop_dhcp
     stop_openvswitch
     stop_mariadb
     stop_rabbitmq
@@ -711,6 +786,7 @@ cmd_down() {
             "$VENV/bin/python" "$HERE/clouds_yaml.py" remove "$SYSTEM_CLOUDS_YAML" "$CLOUD"
         fi
         rmdir "$(dirname "$SYSTEM_CLOUDS_YAML")" 2>/dev/null || true
+        unmount_under "$DATA"
         rm -rf "$DATA" "$ETC" "$RUN" "$LOGS" "$OVS_RUN"
         echo "   wiped $BASE (the venv is kept)"
     fi
@@ -760,7 +836,8 @@ cmd_smoke() {
     mkdir -p "$LOGS"
     OS_CLIENT_CONFIG_FILE=$ETC/clouds.yaml PATH=$VENV/bin:$PATH \
         "$VENV/bin/python" "$HERE/smoke.py" --cloud "$CLOUD" --flavor "$FLAVOR" \
-        --image "$IMAGE" --container-path "$CONTAINER_PATH" --host "$HOST_NAME" \
+        --image "$IMAGE" --network "$NETWORK" --ovs-netns "$NETNS" \
+        --container-path "$CONTAINER_PATH" --host "$HOST_NAME" \
         --logs "$LOGS" --timings "$LOGS/timings-smoke.txt"
 }
 

@@ -1,11 +1,16 @@
 """End-to-end smoke test of the single-host cloud, through its real services.
 
-Drives one server through its life with the ``openstack`` CLI (create,
-show, console log, stop, start, reboot, pause, unpause, suspend, resume,
-delete) and checks after each step, on the host itself, what liblxc and the
-cgroup freezer say about its container; runs a command inside the guest;
-checks that Neutron binds a port with the Open vSwitch mechanism driver;
-and at the end that no container is left that Nova does not know about.
+Drives one server on a Neutron network through its life with the
+``openstack`` CLI (create, show, console log, stop, start, reboot, pause,
+unpause, suspend, resume, delete) and checks after each step, on the host
+itself, what liblxc and the cgroup freezer say about its container; runs a
+command inside the guest; checks that its port is bound ``vif_type=ovs``
+to this host and ACTIVE, and that the guest, which took its address by
+DHCP, answers ping from the network's DHCP namespace (``qdhcp-<network
+id>``) after boot and after every step that restarts or thaws it; that
+delete leaves no device of the port on the host, in the host's namespace
+or the switch's; and at the end that no container is left that Nova does
+not know about.
 
 Run by ``tools/cloud/cloud.sh smoke`` (as root). Prints each step's time
 and a closing ``smoke: N passed, N failed`` line; exits 1 on any failure.
@@ -13,6 +18,7 @@ and a closing ``smoke: N passed, N failed`` line; exits 1 on any failure.
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import time
@@ -21,6 +27,9 @@ import openstack
 
 CGROUP_ROOT = '/sys/fs/cgroup'
 WAIT_SECONDS = 180
+PING_SECONDS = 60
+# Host-side devices of a port: the driver's veth pair (vif.naming).
+PORT_DEVICE_PREFIXES = ('tap', 'tin')
 
 
 class StepFailed(Exception):
@@ -39,6 +48,10 @@ class Smoke:
         self.server_id = None
         self.name = 'smoke-%d' % time.time()
         self.results = []
+        self.timings = {}
+        self.network = None
+        self.port = None
+        self.address = None
 
     # -- tools -------------------------------------------------------------
 
@@ -92,6 +105,40 @@ class Smoke:
         check('init' in out, 'no init in the guest ps: %s' % out)
         return out
 
+    def ping(self):
+        """Seconds until the guest answers ping from its network's DHCP
+        namespace; StepFailed after PING_SECONDS."""
+        started = time.monotonic()
+        cmd = ['ip', 'netns', 'exec', 'qdhcp-' + self.network.id, 'ping',
+               '-c', '1', '-W', '1', self.address]
+        while True:
+            proc = subprocess.run(cmd, capture_output=True, text=True,
+                                  timeout=30)
+            if proc.returncode == 0:
+                return time.monotonic() - started
+            check(time.monotonic() - started < PING_SECONDS,
+                  'no answer from %s after %d s: %s' % (
+                      self.address, PING_SECONDS,
+                      (proc.stdout + proc.stderr).strip()[-300:]))
+            time.sleep(0.5)
+
+    def port_links(self):
+        """The port's devices left in the host's or the switch's
+        namespace."""
+        names = {(prefix + self.port.id)[:14]
+                 for prefix in PORT_DEVICE_PREFIXES}
+        found = []
+        for netns in (None, self.args.ovs_netns):
+            cmd = ['ip'] + (['-n', netns] if netns else []) + [
+                '-o', 'link', 'show']
+            out = subprocess.run(cmd, capture_output=True, text=True,
+                                 check=True).stdout
+            for line in out.splitlines():
+                name = line.split(':')[1].strip().split('@')[0]
+                if name in names:
+                    found.append('%s (%s)' % (name, netns or 'host'))
+        return found
+
     def wait_status(self, wanted):
         deadline = time.monotonic() + WAIT_SECONDS
         while True:
@@ -142,12 +189,41 @@ class Smoke:
             self.args.host, port.binding_vif_details)
 
     def step_create(self):
+        self.network = self.conn.network.find_network(self.args.network)
+        check(self.network, 'no network %s' % self.args.network)
+        self.created_at = time.monotonic()
         self.server_id = self.osc(
             'server', 'create', '--flavor', self.args.flavor, '--image',
-            self.args.image, '--nic', 'none', '--wait', '-f', 'value', '-c',
-            'id', self.name).strip()
+            self.args.image, '--network', self.network.id, '-f', 'value',
+            '-c', 'id', self.name).strip()
+        self.wait_status('ACTIVE')
+        self.active_after = time.monotonic() - self.created_at
         self.expect('ACTIVE', 'RUNNING', frozen=False)
-        return 'server %s ACTIVE, container RUNNING' % self.server_id
+        return 'server %s ACTIVE after %.1f s, container RUNNING' % (
+            self.server_id, self.active_after)
+
+    def step_port(self):
+        ports = list(self.conn.network.ports(device_id=self.server_id))
+        check(len(ports) == 1, 'ports of the server: %s' % ports)
+        self.port = port = ports[0]
+        check(port.binding_vif_type == 'ovs' and
+              port.binding_host_id == self.args.host,
+              'port %s bound as %r to %r, not ovs to %s' % (
+                  port.id, port.binding_vif_type, port.binding_host_id,
+                  self.args.host))
+        check(port.status == 'ACTIVE',
+              'port %s is %s' % (port.id, port.status))
+        self.address = port.fixed_ips[0]['ip_address']
+        return 'port %s ACTIVE, bound vif_type=ovs to %s, %s (%s)' % (
+            port.id, self.args.host, self.address, port.binding_vif_details)
+
+    def step_ping(self):
+        self.ping()
+        took = time.monotonic() - self.created_at
+        self.timings['create_to_ping'] = took
+        return ('%s answers from qdhcp-%s; %.1f s from create to ping '
+                '(ACTIVE after %.1f s)' % (self.address, self.network.id,
+                                           took, self.active_after))
 
     def step_show(self):
         return self.osc('server', 'show', self.server_id, '-c', 'name', '-c',
@@ -157,6 +233,8 @@ class Smoke:
     def step_console_log(self):
         out = self.osc('console', 'log', 'show', self.server_id)
         check('guest init: booted' in out, 'no boot line in: %r' % out)
+        check(re.search(r'guest dhcp: eth0 bound %s/' % re.escape(
+            self.address), out), 'no DHCP lease line in: %r' % out)
         return out.strip()
 
     def step_guest_command(self):
@@ -171,7 +249,8 @@ class Smoke:
         self.osc('server', 'start', self.server_id)
         self.expect('ACTIVE', 'RUNNING', frozen=False)
         self.guest_ps()
-        return 'ACTIVE, container RUNNING, guest answers'
+        return 'ACTIVE, container RUNNING, guest answers; ping after ' \
+            '%.1f s' % self.ping()
 
     def step_reboot(self):
         before = self.init_pid()
@@ -179,7 +258,8 @@ class Smoke:
         self.expect('ACTIVE', 'RUNNING', frozen=False)
         after = self.init_pid()
         check(after != before, 'init pid still %d: no reboot' % before)
-        return 'ACTIVE, new guest init (host pid %d -> %d)' % (before, after)
+        return 'ACTIVE, new guest init (host pid %d -> %d); ping after ' \
+            '%.1f s' % (before, after, self.ping())
 
     def step_pause(self):
         self.osc('server', 'pause', self.server_id)
@@ -201,7 +281,8 @@ class Smoke:
         self.osc('server', 'resume', self.server_id)
         self.expect('ACTIVE', 'RUNNING', frozen=False)
         self.guest_ps()
-        return 'ACTIVE, thawed, guest answers'
+        return 'ACTIVE, thawed, guest answers; ping after %.1f s' % (
+            self.ping())
 
     def step_delete(self):
         self.osc('server', 'delete', '--wait', self.server_id)
@@ -209,7 +290,11 @@ class Smoke:
         path = os.path.join(self.args.container_path, self.server_id)
         check(not os.path.lexists(path), '%s is left' % path)
         self.server_id, deleted = None, self.server_id
-        return 'server %s gone; its container and directory too' % deleted
+        left = self.port_links()
+        check(not left, 'devices of port %s left: %s' % (self.port.id,
+                                                         left))
+        return 'server %s gone; its container, directory and port ' \
+            'devices too' % deleted
 
     def step_host_clean(self):
         known = {s.id for s in self.conn.compute.servers(all_projects=True)}
@@ -218,12 +303,15 @@ class Smoke:
         orphans = sorted(on_host - known)
         check(not orphans, 'containers Nova does not know: %s' % orphans)
         with open('/proc/self/mountinfo') as f:
-            mounts = [line for line in f if path in line]
+            # A live server's disk stays mounted (the demo's, say).
+            mounts = [line for line in f if path in line and not any(
+                os.path.join(path, uuid) + '/' in line for uuid in known)]
         check(not mounts, 'mounts left under %s: %s' % (path, mounts))
         return '%d container(s) on the host, all of live servers (%s)' % (
             len(on_host), ', '.join(sorted(on_host)) or 'none')
 
-    STEPS = ('neutron', 'create', 'show', 'console_log', 'guest_command',
+    STEPS = ('neutron', 'create', 'port', 'ping', 'show', 'console_log',
+             'guest_command',
              'stop', 'start', 'reboot', 'pause', 'unpause', 'suspend',
              'resume', 'delete', 'host_clean')
 
@@ -264,8 +352,8 @@ def _indent(text):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    for opt in ('cloud', 'flavor', 'image', 'container-path', 'host', 'logs',
-                'timings'):
+    for opt in ('cloud', 'flavor', 'image', 'network', 'ovs-netns',
+                'container-path', 'host', 'logs', 'timings'):
         parser.add_argument('--' + opt, required=True)
     args = parser.parse_args()
     smoke = Smoke(args)
@@ -275,6 +363,8 @@ def main():
     with open(args.timings, 'w') as f:
         for name, outcome, took, _ in smoke.results:
             f.write('%-16s %-4s %6.1fs\n' % (name, outcome, took))
+        for name, took in smoke.timings.items():
+            f.write('%-16s      %6.1fs\n' % (name, took))
         f.write('%-16s      %6.1fs\n' % ('total', total))
     passed = sum(1 for r in smoke.results if r[1] == 'PASS')
     failures = sum(1 for r in smoke.results if r[1] != 'PASS')

@@ -162,6 +162,19 @@ class VifTestCase(driver_base.DriverTestCase):
         self.assertEqual(str(MTU), self.run_in_guest(
             instance, 'cat', '/sys/class/net/%s/mtu' % name).strip())
 
+    def assert_tcp_works(self, client, server, server_vif):
+        """Half a MiB over HTTP: TCP with full-size segments, which the
+        userspace datapath drops if the guest leaves checksums unfilled
+        (ICMP gets through either way). No ``wget -T``: busybox 1.35's
+        wget crashes with it."""
+        self.run_in_guest(server, 'sh', '-c',
+                          'mkdir -p /srv && dd if=/dev/zero of=/srv/blob '
+                          'bs=1k count=512 2>/dev/null && '
+                          'httpd -p 8080 -h /srv')
+        self.assertEqual('524288', self.run_in_guest(
+            client, 'sh', '-c', 'wget -q -O - http://%s:8080/blob | '
+            'wc -c' % self.net.address(server_vif)).strip())
+
     def assert_no_links(self, *vifs_):
         links = host_links()
         for vif in vifs_:
@@ -344,19 +357,6 @@ class OvsTest(VifTestCase):
             (vif['id'], vif['address'], instance.uuid),
             tuple(self.ovs.external_id(interface, key)
                   for key in ('iface-id', 'attached-mac', 'vm-uuid')))
-
-    def assert_tcp_works(self, client, server, server_vif):
-        """Half a MiB over HTTP: TCP with full-size segments, which the
-        userspace datapath drops if the guest leaves checksums unfilled
-        (ICMP gets through either way). No ``wget -T``: busybox 1.35's
-        wget crashes with it."""
-        self.run_in_guest(server, 'sh', '-c',
-                          'mkdir -p /srv && dd if=/dev/zero of=/srv/blob '
-                          'bs=1k count=512 2>/dev/null && '
-                          'httpd -p 8080 -h /srv')
-        self.assertEqual('524288', self.run_in_guest(
-            client, 'sh', '-c', 'wget -q -O - http://%s:8080/blob | '
-            'wc -c' % self.net.address(server_vif)).strip())
 
     def assert_nothing_left(self, *vifs_):
         self.assertEqual([], self.ovs.ports())

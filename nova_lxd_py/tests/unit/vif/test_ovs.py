@@ -2,10 +2,12 @@
 the checks that refuse a port before anything is made for it."""
 
 import ddt
+import fixtures
 from nova.network import model
 from os_vif import objects as osv_objects
 from oslotest import base
 
+from nova_lxd_py import conf
 from nova_lxd_py import exception
 from nova_lxd_py.vif import driver
 from nova_lxd_py.vif import naming
@@ -86,3 +88,51 @@ class CheckTest(base.BaseTestCase):
         for details in ({}, {'datapath_type': 'system'},
                         {'ovs_hybrid_plug': True, 'port_filter': True}):
             driver.check(ovs_vif(details))
+
+
+class NetnsTest(base.BaseTestCase):
+    """``[lxc] ovs_network_namespace``: where the host end goes."""
+
+    def setUp(self):
+        super().setUp()
+        self.netns_dir = self.useFixture(fixtures.TempDir()).path
+        self.useFixture(fixtures.MockPatch(
+            'pyroute2.netns.NETNS_RUN_DIR', self.netns_dir))
+
+    def set_netns(self, name, exists=True):
+        conf.CONF.set_override('ovs_network_namespace', name, group='lxc')
+        self.addCleanup(conf.CONF.clear_override, 'ovs_network_namespace',
+                        group='lxc')
+        if exists:
+            open('%s/%s' % (self.netns_dir, name), 'w').close()
+
+    def test_host_end_stays_here_without_the_option(self):
+        self.assertEqual('', driver.HOST_SIDES['ovs'].host_netns(ovs_vif()))
+
+    def test_host_end_goes_to_the_named_namespace(self):
+        self.set_netns('ovs-ns')
+        driver.check(ovs_vif())
+        self.assertEqual('ovs-ns',
+                         driver.HOST_SIDES['ovs'].host_netns(ovs_vif()))
+        # Other port types keep theirs here.
+        self.assertEqual('', driver.HOST_SIDES['bridge'].host_netns(
+            ovs_vif(type=model.VIF_TYPE_BRIDGE)))
+
+    def test_hybrid_plug_is_refused_with_the_option(self):
+        self.set_netns('ovs-ns')
+        e = self.assertRaises(exception.VifPlugFailed, driver.check,
+                              ovs_vif({'ovs_hybrid_plug': True}))
+        self.assertIn('ovs_network_namespace', str(e))
+
+    def test_missing_namespace_is_refused(self):
+        self.set_netns('gone', exists=False)
+        e = self.assertRaises(exception.VifPlugFailed, driver.check,
+                              ovs_vif())
+        self.assertIn('gone ([lxc] ovs_network_namespace) does not exist',
+                      str(e))
+
+    def test_namespace_name_leaving_the_directory_is_refused(self):
+        self.set_netns('../1/ns/net', exists=False)
+        e = self.assertRaises(exception.VifPlugFailed, driver.check,
+                              ovs_vif())
+        self.assertIn('is not a network namespace name', str(e))
