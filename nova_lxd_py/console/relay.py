@@ -47,12 +47,15 @@ class Console:
         self.holders = list(holders)
 
     def close(self):
-        for fd in [self.pty] + self.holders:
+        """Close the descriptors once; later calls do nothing (a second
+        os.close could hit a number the process has given out again)."""
+        fds = ([self.pty] if self.pty is not None else []) + self.holders
+        self.pty, self.holders = None, []
+        for fd in fds:
             try:
                 os.close(fd)
             except OSError:
                 pass
-        self.holders = []
 
 
 def receive_console(send, address_prefix, timeout=10):

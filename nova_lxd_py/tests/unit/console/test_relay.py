@@ -158,3 +158,26 @@ class ReceiveConsoleTest(base.BaseTestCase):
         self.assertRaisesRegex(
             relay.ConsoleUnavailable, 'busy', relay.receive_console,
             lambda address: 'busy', '\0test-console-')
+
+
+class ConsoleCloseTest(base.BaseTestCase):
+
+    def test_second_close_leaves_reused_descriptors_alone(self):
+        master, slave = os.openpty()
+        self.addCleanup(os.close, slave)
+        console = relay.Console(master)
+        console.close()
+        # The number is given out again, here to a socket of someone else.
+        other = socket.socket()
+        self.addCleanup(other.close)
+        if other.fileno() != master:
+            other.close()
+            r, w = os.pipe()
+            self.addCleanup(os.close, w)
+            self.addCleanup(os.close, r)
+            reused = r if r == master else w
+        else:
+            reused = other.fileno()
+        console.close()
+        os.fstat(reused)   # still open: the second close did nothing
+        self.assertIsNone(console.pty)
