@@ -164,7 +164,8 @@ class Driver:
         # An id, as a database-backed instance has, makes instance.name.
         instance = objects.Instance(
             id=next(self.ids), uuid=name, flavor=self.flavor,
-            hostname='bench', trusted_certs=None)
+            hostname='bench', trusted_certs=None, config_drive='',
+            system_metadata={}, image_ref=IMAGE_ID)
         self.instances[name] = instance
         self.driver.spawn(None, instance, self.image_meta, injected_files=[],
                           admin_password=None, allocations={})
@@ -552,13 +553,15 @@ def storage_of(top):
     return '%s: %s' % (top, ' on '.join(found.split()) or '?')
 
 
-def bench(base, top, args):
+def use_local_glance(base):
+    """Glance's seam: downloads become a local copy of a busybox guest
+    built in ``base`` (no hash to check). Returns the list of image ids
+    downloaded, which grows with each download."""
     tarball = guest_image.write_tarball(os.path.join(base, 'busybox.tar.gz'),
                                         'bench')
     fetched = []
 
     class LocalGlance:
-        # The Glance seam: downloads become a local copy (no hash to check).
         def get(self, context, image_id):
             return {'id': image_id, 'disk_format': 'raw',
                     'container_format': 'bare'}
@@ -569,6 +572,11 @@ def bench(base, top, args):
                 shutil.copyfileobj(f, data)
 
     glance.API = LocalGlance
+    return fetched
+
+
+def bench(base, top, args):
+    fetched = use_local_glance(base)
     idmap = host.idmap()
     drv = Driver(root_gb=args.root_gb)
 
