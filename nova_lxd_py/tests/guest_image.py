@@ -33,26 +33,41 @@ echo "guest init: $(grep -c ^processor /proc/cpuinfo) CPU(s)"
 echo "guest init: $(grep MemTotal /proc/meminfo)"
 # eth0 (a port the guest booted with) by DHCP, in the background: with
 # no DHCP server on its network (the functional tests' bridges) the guest
-# boots as fast and keeps the addresses it is given by hand.
+# boots as fast and keeps the addresses it is given by hand. It asks for
+# classless static routes (option 121), Neutron's route to the metadata
+# service at 169.254.169.254.
 if [ -e /sys/class/net/eth0 ]; then
-    udhcpc -i eth0 -f -T 2 -A 5 -s /usr/share/udhcpc/default.script \
-        >/dev/null 2>&1 &
+    udhcpc -i eth0 -f -T 2 -A 5 -O staticroutes \
+        -s /usr/share/udhcpc/default.script >/dev/null 2>&1 &
 fi
 echo "guest init: booted $(hostname)"
 """
 
 # busybox udhcpc's hook: $1 is the event, the lease is in the environment
-# ($mask: the prefix length). It never flushes the device, so addresses
-# given by hand stay.
+# ($mask: the prefix length; $staticroutes: option 121 as "net/len gateway"
+# pairs, which replace the router option when given, as RFC 3442 says).
+# It never flushes the device, so addresses given by hand stay.
 UDHCPC_SCRIPT = """\
 #!/bin/sh
+routes() {
+    while [ $# -ge 2 ]; do
+        if [ "$2" = 0.0.0.0 ]; then
+            ip route replace "$1" dev "$interface"
+        else
+            ip route replace "$1" via "$2" dev "$interface"
+        fi
+        shift 2
+    done
+}
 case "$1" in
 deconfig)
     ip link set "$interface" up
     ;;
 bound|renew)
     ip addr replace "$ip/${mask:-24}" dev "$interface"
-    if [ -n "$router" ]; then
+    if [ -n "$staticroutes" ]; then
+        routes $staticroutes
+    elif [ -n "$router" ]; then
         ip route replace default via "${router%% *}" dev "$interface"
     fi
     if [ -n "$dns" ]; then

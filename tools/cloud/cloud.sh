@@ -1,10 +1,11 @@
 #!/bin/bash
 # A single-host OpenStack cloud whose compute driver is nova-lxd-py.
 #
-# Keystone, Glance (file store), Placement, Nova (API, conductor, scheduler,
-# compute with lxc_py.LXCDriver) and Neutron (ML2 with the Open vSwitch
-# mechanism driver on OVS's userspace datapath, and a DHCP agent), with
-# MariaDB and RabbitMQ,
+# Keystone, Glance (file store), Placement, Nova (API, metadata API,
+# conductor, scheduler, serial console proxy, compute with
+# lxc_py.LXCDriver) and Neutron (ML2 with the Open vSwitch mechanism driver
+# on OVS's userspace datapath, a DHCP agent serving metadata, and the
+# metadata agent), with MariaDB and RabbitMQ,
 # all real processes on 127.0.0.1, started by hand (no systemd). Every file
 # lives under one base dir; nothing outside it changes but Debian packages,
 # network namespaces (the switch's, and qdhcp-* of the networks) and the
@@ -66,14 +67,15 @@ PIP_PACKAGES="keystone glance openstack-placement nova neutron
 # setuptools>=70.1 builds wheels by itself: the driver is reinstalled on
 # every up without build isolation (seconds instead of tens of seconds).
 APT_PACKAGES="rabbitmq-server mariadb-server openvswitch-switch socat
-    dnsmasq-base iptables ethtool iputils-ping
+    dnsmasq-base haproxy iptables ethtool iputils-ping
     curl iproute2 procps lxc lxc-dev lxcfs uidmap busybox-static gcc
     pkg-config python3-dev python3-venv"
 
 # Stopped in this order; the relays only once the OVS agent is gone (it hangs
 # in its graceful stop without RabbitMQ), RabbitMQ and MariaDB last.
-SERVICES="nova-compute nova-scheduler nova-conductor nova-api
-    neutron-dhcp-agent neutron-ovs-agent neutron-rpc-server neutron-api glance placement keystone"
+SERVICES="nova-compute nova-serialproxy nova-scheduler nova-conductor
+    nova-metadata nova-api neutron-metadata-agent neutron-dhcp-agent
+    neutron-ovs-agent neutron-rpc-server neutron-api glance placement keystone"
 RELAYS="rabbit-relay-netns rabbit-relay-host"
 
 # ------------------------------------------------------------------ helpers
@@ -178,6 +180,7 @@ render() {  # render TEMPLATE DEST
         -e "s|@DB@|mysql+pymysql://cloud:$(secret db)@127.0.0.1:$MYSQL_PORT|g" \
         -e "s|@RABBIT@|rabbit://guest:guest@127.0.0.1:$RABBIT_PORT/|g" \
         -e "s|@SERVICE_PASSWORD@|$(secret service)|g" \
+        -e "s|@METADATA_SECRET@|$(secret metadata)|g" \
         "$HERE/etc/$1" >"$2.tmp"
     chmod 600 "$2.tmp"
     mv "$2.tmp" "$2"
@@ -308,10 +311,13 @@ write_configs() {
     render nova.conf "$ETC/nova/nova.conf"
     cp "$VENV/etc/nova/api-paste.ini" "$ETC/nova/"
     printf '[DEFAULT]\nlog_file = %s/nova-api.log\n' "$LOGS" >"$ETC/nova/nova-api-log.conf"
+    printf '[DEFAULT]\nlog_file = %s/nova-metadata.log\n' "$LOGS" \
+        >"$ETC/nova/nova-metadata-log.conf"
     render neutron.conf "$ETC/neutron/neutron.conf"
     render ml2_conf.ini "$ETC/neutron/ml2_conf.ini"
     render openvswitch_agent.ini "$ETC/neutron/openvswitch_agent.ini"
     render dhcp_agent.ini "$ETC/neutron/dhcp_agent.ini"
+    render metadata_agent.ini "$ETC/neutron/metadata_agent.ini"
     cp "$VENV/etc/neutron/api-paste.ini" "$ETC/neutron/"
     printf '[DEFAULT]\nlog_file = %s/neutron-api.log\n' "$LOGS" >"$ETC/neutron/neutron-api-log.conf"
     "$VENV/bin/python" "$HERE/clouds_yaml.py" add "$ETC/clouds.yaml" "$CLOUD" \
@@ -328,10 +334,15 @@ RABBIT_ENV=(env HOME="$DATA/rabbitmq" RABBITMQ_CONF_ENV_FILE="$ETC/rabbitmq/rabb
     RABBITMQ_PID_FILE="$RUN/rabbitmq-node.pid"
     RABBITMQ_CONFIG_FILE="$ETC/rabbitmq/rabbitmq.conf"
     RABBITMQ_ENABLED_PLUGINS_FILE="$ETC/rabbitmq/enabled_plugins"
-    ERL_EPMD_ADDRESS=127.0.0.1)
+    ERL_EPMD_ADDRESS=127.0.0.1 ERL_CRASH_DUMP="$LOGS/rabbitmq/erl_crash.dump")
 RABBIT_BIN=/usr/lib/rabbitmq/bin   # the scripts behind /usr/sbin's su wrappers
 
-rabbit_running() { "${RABBIT_ENV[@]}" "$RABBIT_BIN/rabbitmq-diagnostics" -q check_running; }
+# Without its state dir (wiped) no node of ours runs, and the Erlang VM
+# would only crash making its cookie there.
+rabbit_running() {
+    [ -d "$DATA/rabbitmq" ] &&
+        "${RABBIT_ENV[@]}" "$RABBIT_BIN/rabbitmq-diagnostics" -q check_running
+}
 
 start_rabbitmq() {
     rabbit_running >/dev/null 2>&1 && return 0
@@ -489,6 +500,8 @@ start_services() {
         OS_NEUTRON_CONFIG_FILES='neutron.conf;ml2_conf.ini;neutron-api-log.conf'
     start_api nova-api 8774 nova OS_NOVA_CONFIG_DIR="$ETC/nova" \
         OS_NOVA_CONFIG_FILES='api-paste.ini;nova.conf;nova-api-log.conf'
+    start_api nova-metadata 8775 nova-metadata OS_NOVA_CONFIG_DIR="$ETC/nova" \
+        OS_NOVA_CONFIG_FILES='api-paste.ini;nova.conf;nova-metadata-log.conf'
     start neutron-rpc-server env PATH="$VENV/bin:$PATH" "$VENV/bin/neutron-rpc-server" \
         "${nc[@]}" --log-file "$LOGS/neutron-rpc-server.log"
     start neutron-ovs-agent ip netns exec "$NETNS" env PATH="$VENV/bin:$PATH" \
@@ -500,6 +513,14 @@ start_services() {
     start neutron-dhcp-agent nsenter --net="/run/netns/$NETNS" env PATH="$VENV/bin:$PATH" \
         "$VENV/bin/neutron-dhcp-agent" --config-file "$ETC/neutron/neutron.conf" \
         --config-file "$ETC/neutron/dhcp_agent.ini"
+    # In the host's netns: Nova's metadata API is on its loopback; the
+    # haproxy in each qdhcp-* namespace reaches the agent's unix socket.
+    start neutron-metadata-agent env PATH="$VENV/bin:$PATH" \
+        "$VENV/bin/neutron-metadata-agent" --config-file "$ETC/neutron/neutron.conf" \
+        --config-file "$ETC/neutron/metadata_agent.ini"
+    alive nova-serialproxy || port_free 6083 nova-serialproxy
+    start nova-serialproxy "$VENV/bin/nova-serialproxy" \
+        --config-file "$ETC/nova/nova.conf" --log-file "$LOGS/nova-serialproxy.log"
     restart_compute_if_changed
     for s in conductor scheduler compute; do
         start "nova-$s" env PATH="$VENV/bin:$PATH" "$VENV/bin/nova-$s" \
@@ -509,6 +530,8 @@ start_services() {
     wait_api glance 9292 "$LOGS/glance.log"
     wait_api neutron-api 9696 "$LOGS/neutron-api.log"
     wait_api nova-api 8774 "$LOGS/nova-api.log"
+    wait_api nova-metadata 8775 "$LOGS/nova-metadata.log"
+    wait_api nova-serialproxy 6083 "$LOGS/nova-serialproxy.log"
 }
 
 compute_registered() {
@@ -547,6 +570,8 @@ discover_compute() {
         agent_alive 'Open vSwitch agent'
     wait_for neutron-dhcp-agent "$LOGS/neutron-dhcp-agent.log" 120 \
         agent_alive 'DHCP agent'
+    wait_for neutron-metadata-agent "$LOGS/neutron-metadata-agent.log" 120 \
+        agent_alive 'Metadata agent'
 }
 
 # The servers' network: a VXLAN network of the admin project (not shared:
@@ -718,10 +743,19 @@ stop_openvswitch() {
     fi
 }
 
-# The dnsmasq processes and qdhcp-* namespaces the DHCP agent made (it
-# leaves them when it stops): one directory per network in its state dir.
+# The dnsmasq and haproxy processes and the qdhcp-* namespaces the DHCP
+# agent made (it leaves them when it stops): one directory per network in
+# its state dir, one pid file per metadata proxy.
 stop_dhcp() {
-    local dir pid
+    local dir pid file
+    for file in "$DATA"/neutron/external/pids/*.pid.haproxy; do
+        [ -f "$file" ] || continue
+        pid=$(cat "$file" 2>/dev/null) || pid=
+        if [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; then
+            echo "   stopped haproxy ($pid)"
+        fi
+        rm -f "$file"
+    done
     for dir in "$DATA"/neutron/dhcp/*/; do
         [ -d "$dir" ] || continue
         pid=$(cat "$dir/pid" 2>/dev/null) || pid=

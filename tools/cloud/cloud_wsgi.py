@@ -19,6 +19,7 @@ MODULES = {
     'placement': 'placement.wsgi.api',
     'glance': 'glance.wsgi.api',
     'nova': 'nova.wsgi.osapi_compute',
+    'nova-metadata': 'nova.wsgi.metadata',
     'neutron': 'neutron.wsgi.api',
 }
 

@@ -12,17 +12,34 @@ delete leaves no device of the port on the host, in the host's namespace
 or the switch's; and at the end that no container is left that Nova does
 not know about.
 
+The server boots with a key pair, user data and a config drive. Inside
+the guest it reads the metadata service at 169.254.169.254 (Nova's
+metadata API behind Neutron's DHCP-namespace proxy and metadata agent)
+and the config drive at /config-drive (which it cannot write), and it
+types a command into its serial console through nova-serialproxy's
+websocket, the way Horizon's console does.
+
 Run by ``tools/cloud/cloud.sh smoke`` (as root). Prints each step's time
 and a closing ``smoke: N passed, N failed`` line; exits 1 on any failure.
 """
 
 import argparse
+import base64
+import hashlib
+import json
 import os
+import random
 import re
+import socket
+import struct
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.parse
 
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives import serialization
 import openstack
 
 CGROUP_ROOT = '/sys/fs/cgroup'
@@ -30,6 +47,10 @@ WAIT_SECONDS = 180
 PING_SECONDS = 60
 # Host-side devices of a port: the driver's veth pair (vif.naming).
 PORT_DEVICE_PREFIXES = ('tap', 'tin')
+METADATA_URL = 'http://169.254.169.254/openstack/latest/'
+METADATA_SECONDS = 30
+CONFIG_DRIVE = '/config-drive/openstack/latest/'
+CONSOLE_SECONDS = 20
 
 
 class StepFailed(Exception):
@@ -39,6 +60,97 @@ class StepFailed(Exception):
 def check(condition, message):
     if not condition:
         raise StepFailed(message)
+
+
+class WebSocket:
+    """Just enough of an RFC 6455 client for a console: the handshake
+    (with one subprotocol), masked binary frames out, frames in."""
+
+    GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11'
+
+    def __init__(self, url, protocol, timeout=5):
+        parts = urllib.parse.urlsplit(url)
+        check(parts.scheme == 'ws', 'not a ws:// URL: %s' % url)
+        self.sock = socket.create_connection(
+            (parts.hostname, parts.port or 80), timeout)
+        self.buf = b''
+        key = base64.b64encode(os.urandom(16)).decode()
+        path = (parts.path or '/') + ('?' + parts.query if parts.query
+                                      else '')
+        self.sock.sendall((
+            'GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n'
+            'Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n'
+            'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: %s\r\n'
+            '\r\n' % (path, parts.netloc, key, protocol)).encode())
+        while b'\r\n\r\n' not in self.buf:
+            self.buf += self._chunk()
+        head, self.buf = self.buf.split(b'\r\n\r\n', 1)
+        status, *lines = head.decode('latin-1').split('\r\n')
+        check(status.split()[1:2] == ['101'], 'handshake answered %r' % status)
+        headers = {k.strip().lower(): v.strip() for k, v in (
+            line.split(':', 1) for line in lines if ':' in line)}
+        accept = base64.b64encode(hashlib.sha1(
+            (key + self.GUID).encode()).digest()).decode()
+        check(headers.get('sec-websocket-accept') == accept,
+              'bad Sec-WebSocket-Accept: %s' % headers)
+        check(headers.get('sec-websocket-protocol') == protocol,
+              'subprotocol %r, not %r' % (
+                  headers.get('sec-websocket-protocol'), protocol))
+
+    def _chunk(self):
+        chunk = self.sock.recv(4096)
+        if not chunk:
+            raise EOFError('the websocket was closed')
+        return chunk
+
+    def _read(self, size):
+        while len(self.buf) < size:
+            self.buf += self._chunk()
+        data, self.buf = self.buf[:size], self.buf[size:]
+        return data
+
+    def _frame(self, opcode, data):
+        size = len(data)
+        if size < 126:
+            head = struct.pack('!BB', 0x80 | opcode, 0x80 | size)
+        elif size < 1 << 16:
+            head = struct.pack('!BBH', 0x80 | opcode, 0x80 | 126, size)
+        else:
+            head = struct.pack('!BBQ', 0x80 | opcode, 0x80 | 127, size)
+        mask = os.urandom(4)
+        self.sock.sendall(head + mask + bytes(
+            b ^ mask[i % 4] for i, b in enumerate(data)))
+
+    def send(self, data):
+        self._frame(0x2, data)
+
+    def recv(self):
+        """The next data frame's payload; EOFError once closed."""
+        while True:
+            first, second = self._read(2)
+            size = second & 0x7f
+            if size == 126:
+                size = struct.unpack('!H', self._read(2))[0]
+            elif size == 127:
+                size = struct.unpack('!Q', self._read(8))[0]
+            mask = self._read(4) if second & 0x80 else None
+            data = self._read(size)
+            if mask:
+                data = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+            opcode = first & 0x0f
+            if opcode == 0x8:
+                raise EOFError('the proxy closed the websocket: %r' % data)
+            if opcode == 0x9:
+                self._frame(0xA, data)
+            elif opcode in (0x0, 0x1, 0x2):
+                return data
+
+    def close(self):
+        try:
+            self._frame(0x8, struct.pack('!H', 1000))
+        except OSError:
+            pass
+        self.sock.close()
 
 
 class Smoke:
@@ -52,6 +164,10 @@ class Smoke:
         self.network = None
         self.port = None
         self.address = None
+        self.keypair = None
+        self.public_key = None
+        self.user_data = ('#!/bin/sh\necho "user data of %s"\n' %
+                          self.name).encode()
 
     # -- tools -------------------------------------------------------------
 
@@ -98,6 +214,25 @@ class Smoke:
                         with open(events) as f:
                             return 'frozen 1' in f.read().splitlines()
         raise StepFailed('no freezer cgroup for the container init')
+
+    def guest(self, *argv):
+        """Run ``argv`` in the guest; the CompletedProcess (bytes)."""
+        return subprocess.run(
+            ['lxc-attach', '-n', self.server_id, '-P',
+             self.args.container_path, '--'] + list(argv),
+            capture_output=True, timeout=60)
+
+    def guest_http(self, url):
+        """GET ``url`` from inside the guest (busybox wget; its own -T
+        crashes in Debian 12's busybox, so timeout bounds it)."""
+        return self.guest('/bin/timeout', '10', '/bin/wget', '-q', '-O',
+                          '-', url)
+
+    def guest_json(self, path):
+        proc = self.guest('/bin/cat', path)
+        check(proc.returncode == 0, 'cat %s in the guest exited %d: %s' % (
+            path, proc.returncode, proc.stderr.decode(errors='replace')))
+        return proc.stdout
 
     def guest_ps(self):
         code, out = self.lxc('lxc-attach', '--', '/bin/ps')
@@ -191,16 +326,27 @@ class Smoke:
     def step_create(self):
         self.network = self.conn.network.find_network(self.args.network)
         check(self.network, 'no network %s' % self.args.network)
-        self.created_at = time.monotonic()
-        self.server_id = self.osc(
-            'server', 'create', '--flavor', self.args.flavor, '--image',
-            self.args.image, '--network', self.network.id, '-f', 'value',
-            '-c', 'id', self.name).strip()
+        self.public_key = ed25519.Ed25519PrivateKey.generate().public_key(
+        ).public_bytes(serialization.Encoding.OpenSSH,
+                       serialization.PublicFormat.OpenSSH).decode()
+        self.keypair = self.conn.compute.create_keypair(
+            name=self.name, public_key=self.public_key)
+        with tempfile.NamedTemporaryFile(prefix='smoke-user-data-') as f:
+            f.write(self.user_data)
+            f.flush()
+            self.created_at = time.monotonic()
+            self.server_id = self.osc(
+                'server', 'create', '--flavor', self.args.flavor, '--image',
+                self.args.image, '--network', self.network.id,
+                '--config-drive', 'true', '--user-data', f.name,
+                '--key-name', self.name, '-f', 'value', '-c', 'id',
+                self.name).strip()
         self.wait_status('ACTIVE')
         self.active_after = time.monotonic() - self.created_at
         self.expect('ACTIVE', 'RUNNING', frozen=False)
-        return 'server %s ACTIVE after %.1f s, container RUNNING' % (
-            self.server_id, self.active_after)
+        return 'server %s (key pair, user data, config drive) ACTIVE ' \
+            'after %.1f s, container RUNNING' % (self.server_id,
+                                                 self.active_after)
 
     def step_port(self):
         ports = list(self.conn.network.ports(device_id=self.server_id))
@@ -239,6 +385,91 @@ class Smoke:
 
     def step_guest_command(self):
         return self.guest_ps()
+
+    def step_metadata(self):
+        """meta_data.json from the metadata service, asked in the guest:
+        its route to 169.254.169.254 came with its DHCP lease."""
+        started = time.monotonic()
+        while True:
+            proc = self.guest_http(METADATA_URL + 'meta_data.json')
+            if proc.returncode == 0:
+                break
+            if time.monotonic() - started > METADATA_SECONDS:
+                routes = self.guest('/bin/ip', 'route').stdout.decode()
+                raise StepFailed(
+                    'wget %s in the guest exited %d after %d s: %s; the '
+                    'guest\'s routes: %s' % (
+                        METADATA_URL, proc.returncode, METADATA_SECONDS,
+                        proc.stderr.decode(errors='replace').strip(),
+                        routes.strip()))
+            time.sleep(1)
+        meta = json.loads(proc.stdout)
+        check(meta.get('uuid') == self.server_id and
+              meta.get('name') == self.name,
+              'meta_data.json names %s/%s, not %s/%s' % (
+                  meta.get('uuid'), meta.get('name'), self.server_id,
+                  self.name))
+        check(meta.get('public_keys', {}).get(self.name) ==
+              self.public_key, 'not our key: %s' % meta.get('public_keys'))
+        user_data = self.guest_http(METADATA_URL + 'user_data').stdout
+        check(user_data == self.user_data, 'user_data from the service: '
+              '%r' % user_data)
+        route = [line.strip() for line in self.guest('/bin/ip', 'route')
+                 .stdout.decode().splitlines()
+                 if line.startswith('169.254.')]
+        return ('%s from the guest after %.1f s: uuid, name, key and '
+                'user_data are the server\'s (route: %s)' % (
+                    METADATA_URL, time.monotonic() - started,
+                    '; '.join(route) or 'none of its own'))
+
+    def step_config_drive(self):
+        meta = json.loads(self.guest_json(CONFIG_DRIVE + 'meta_data.json'))
+        check(meta.get('uuid') == self.server_id,
+              'config drive uuid %s' % meta.get('uuid'))
+        check(meta.get('public_keys', {}).get(self.name) ==
+              self.public_key, 'not our key: %s' % meta.get('public_keys'))
+        user_data = self.guest_json(CONFIG_DRIVE + 'user_data')
+        check(user_data == self.user_data, 'user_data: %r' % user_data)
+        network = json.loads(
+            self.guest_json(CONFIG_DRIVE + 'network_data.json'))
+        macs = [link.get('ethernet_mac_address')
+                for link in network.get('links', [])]
+        check(macs == [self.port.mac_address],
+              'network_data.json MACs %s, the port has %s' % (
+                  macs, self.port.mac_address))
+        proc = self.guest('/bin/sh', '-c',
+                          'echo x > /config-drive/openstack/smoke')
+        check(proc.returncode != 0, 'the guest wrote into /config-drive')
+        return ('/config-drive: uuid, key, user_data, the port\'s MAC %s; '
+                'a write fails: %s' % (
+                    self.port.mac_address,
+                    proc.stderr.decode(errors='replace').strip()))
+
+    def step_serial_console(self):
+        url = self.osc('console', 'url', 'show', '--serial', self.server_id,
+                       '-f', 'value', '-c', 'url').strip()
+        check(url.startswith('ws://'), 'console URL %r' % url)
+        number = random.randrange(10000, 99999)
+        # The shell's answer, not the tty's echo of what was typed.
+        wanted = ('nova-serial-%d' % (number + 1)).encode()
+        ws = WebSocket(url, 'binary')
+        try:
+            ws.send(b'echo nova-serial-$((%d+1))\n' % number)
+            seen = b''
+            deadline = time.monotonic() + CONSOLE_SECONDS
+            while wanted not in seen:
+                check(time.monotonic() < deadline, 'no %r from the console '
+                      'after %d s; it sent: %r' % (wanted, CONSOLE_SECONDS,
+                                                   seen[-300:]))
+                try:
+                    seen += ws.recv()
+                except socket.timeout:
+                    pass
+        finally:
+            ws.close()
+        return '%s: typed echo nova-serial-$((%d+1)), the guest shell ' \
+            'answered %s' % (re.sub(r'token=[^&]+', 'token=***', url),
+                             number, wanted.decode())
 
     def step_stop(self):
         self.osc('server', 'stop', self.server_id)
@@ -311,7 +542,7 @@ class Smoke:
             len(on_host), ', '.join(sorted(on_host)) or 'none')
 
     STEPS = ('neutron', 'create', 'port', 'ping', 'show', 'console_log',
-             'guest_command',
+             'guest_command', 'metadata', 'config_drive', 'serial_console',
              'stop', 'start', 'reboot', 'pause', 'unpause', 'suspend',
              'resume', 'delete', 'host_clean')
 
@@ -344,6 +575,9 @@ class Smoke:
                 self.osc('server', 'delete', '--wait', self.server_id)
             except Exception as e:
                 print('cleanup failed: %s' % e)
+        if self.keypair:
+            self.conn.compute.delete_keypair(self.keypair,
+                                             ignore_missing=True)
 
 
 def _indent(text):
