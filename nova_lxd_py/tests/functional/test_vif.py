@@ -181,6 +181,26 @@ class VifTestCase(driver_base.DriverTestCase):
             self.assertNotIn(naming.host_name(vif), links)
             self.assertNotIn(naming.peer_name(vif), links)
 
+    def assert_failed_second_plug_leaves_nothing(self, a, b):
+        """os-vif plugs b, then fails: spawn fails, nothing remains."""
+        real_plug = os_vif.plug
+
+        def plug(osvif_vif, instance_info):
+            real_plug(osvif_vif, instance_info)
+            if osvif_vif.id == b['id']:   # plugged, then found broken
+                raise os_vif_exception.PlugException(vif=osvif_vif,
+                                                     err='injected')
+
+        self.useFixture(fixtures.MockPatch('os_vif.plug', autospec=True,
+                                           side_effect=plug))
+        instance = self.make_instance()
+        self.assertRaises(
+            exception.VifPlugFailed, self.driver.spawn, self.context,
+            instance, self.image_meta(), [], None, {},
+            network_info=network_model.NetworkInfo([a, b]))
+        self.assert_nothing_left(a, b)
+        self.assertEqual([], lxc_fixtures.host_leftovers(instance.uuid))
+
 
 class VifTest(VifTestCase):
 
@@ -422,20 +442,4 @@ class OvsTest(VifTestCase):
 
     def test_failed_ovs_plug_leaves_nothing(self):
         a, b = self.port(1), self.port(2, ovs_hybrid_plug=True)
-        real_plug = os_vif.plug
-
-        def plug(osvif_vif, instance_info):
-            real_plug(osvif_vif, instance_info)
-            if osvif_vif.id == b['id']:   # plugged, then found broken
-                raise os_vif_exception.PlugException(vif=osvif_vif,
-                                                     err='injected')
-
-        self.useFixture(fixtures.MockPatch('os_vif.plug', autospec=True,
-                                           side_effect=plug))
-        instance = self.make_instance()
-        self.assertRaises(
-            exception.VifPlugFailed, self.driver.spawn, self.context,
-            instance, self.image_meta(), [], None, {},
-            network_info=network_model.NetworkInfo([a, b]))
-        self.assert_nothing_left(a, b)
-        self.assertEqual([], lxc_fixtures.host_leftovers(instance.uuid))
+        self.assert_failed_second_plug_leaves_nothing(a, b)

@@ -14,10 +14,7 @@ import nova.tests.unit  # noqa: E402,F401,I100  (monkey_patch, objects)
 
 import subprocess  # noqa: E402
 
-import fixtures  # noqa: E402
 from nova.network import model as network_model  # noqa: E402
-import os_vif  # noqa: E402
-from os_vif import exception as os_vif_exception  # noqa: E402
 
 from nova_lxd_py import exception  # noqa: E402
 from nova_lxd_py.tests import fixtures as lxc_fixtures  # noqa: E402
@@ -114,23 +111,7 @@ class OvsNetnsTest(test_vif.VifTestCase):
 
     def test_failed_plug_leaves_nothing_in_either_namespace(self):
         a, b = self.port(1), self.port(2)
-        real_plug = os_vif.plug
-
-        def plug(osvif_vif, instance_info):
-            real_plug(osvif_vif, instance_info)
-            if osvif_vif.id == b['id']:   # plugged, then found broken
-                raise os_vif_exception.PlugException(vif=osvif_vif,
-                                                     err='injected')
-
-        self.useFixture(fixtures.MockPatch('os_vif.plug', autospec=True,
-                                           side_effect=plug))
-        instance = self.make_instance()
-        self.assertRaises(
-            exception.VifPlugFailed, self.driver.spawn, self.context,
-            instance, self.image_meta(), [], None, {},
-            network_info=network_model.NetworkInfo([a, b]))
-        self.assert_nothing_left(a, b)
-        self.assertEqual([], lxc_fixtures.host_leftovers(instance.uuid))
+        self.assert_failed_second_plug_leaves_nothing(a, b)
 
     def test_hybrid_plug_is_refused_before_anything_is_made(self):
         a = self.port(1)
