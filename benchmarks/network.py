@@ -24,10 +24,8 @@ import datetime
 import json
 import math
 import os
-import platform
 import random
 import re
-import shutil
 import signal
 import socket
 import statistics
@@ -634,10 +632,7 @@ def bench(base, args, net, peer):
     return {
         'when': datetime.datetime.now(datetime.timezone.utc).isoformat(),
         'command': ' '.join([os.path.basename(sys.executable)] + sys.argv),
-        'host': {'kernel': platform.release(), 'cpus': os.cpu_count(),
-                 'liblxc': container.lxc_version(),
-                 'python': platform.python_version(),
-                 'lxd': shutil.which('lxd') or shutil.which('incus')},
+        'host': spawn.host_facts(),
         'loadavg_before': loadavg_before,
         'loadavg_after': [round(x, 2) for x in os.getloadavg()],
         'other_work': '%s (before); %s (after)' % (work_before,

@@ -196,6 +196,17 @@ def timed(fn, name):
     return (time.perf_counter() - start) * 1000.0
 
 
+def host_facts():
+    """What a result depends on besides the code: kernel, CPUs, liblxc,
+    cgroups, lxcfs, Python, and the LXD or Incus measured against."""
+    return {'kernel': platform.release(), 'cpus': os.cpu_count(),
+            'liblxc': container.lxc_version(),
+            'cgroup_version': host.cgroup_version(),
+            'lxcfs': host.lxcfs_active(),
+            'python': platform.python_version(),
+            'lxd': shutil.which('lxd') or shutil.which('incus')}
+
+
 def run_rounds(variants, rounds, warmup):
     """{label: {op: [ms]}} over ``rounds`` rounds after ``warmup`` more."""
     labels = list(variants)
@@ -618,11 +629,7 @@ def bench(base, top, args):
     return {
         'when': datetime.datetime.now(datetime.timezone.utc).isoformat(),
         'command': ' '.join([os.path.basename(sys.executable)] + sys.argv),
-        'host': {'kernel': platform.release(), 'cpus': os.cpu_count(),
-                 'liblxc': container.lxc_version(),
-                 'cgroup_version': host.cgroup_version(),
-                 'lxcfs': host.lxcfs_active(),
-                 'python': platform.python_version()},
+        'host': host_facts(),
         'loadavg_before': load_before, 'loadavg_after': load_after,
         'runs': args.runs, 'warmup': args.warmup,
         'stats_ms': stats, 'ratios': ratios, 'samples_ms': samples,

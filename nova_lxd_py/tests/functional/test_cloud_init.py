@@ -35,12 +35,6 @@ from nova_lxd_py.virt import container  # noqa: E402
 PUBLIC_KEY = test_configdrive.PUBLIC_KEY
 
 DEBIAN_IMAGE = 'deb1a000-0000-4000-8000-000000000001'
-# The test image's packages, and what a cloud image has besides: a DHCP
-# client (cloud-init's OpenStack datasource takes an ephemeral lease to
-# reach the metadata service) and route(8), with which cloud-init's
-# ifupdown renderer sets the static routes of network_data.json.
-GUEST_PACKAGES = tuple(dict.fromkeys(debian_image.PACKAGES + (
-    'isc-dhcp-client', 'net-tools')))
 CLOUD_CONFIG = b"""\
 #cloud-config
 write_files:
@@ -101,8 +95,7 @@ class DebianGuestTestCase(test_configdrive.ConfigDriveTestCase):
 
     def setUp(self):
         super().setUp()
-        self.images[DEBIAN_IMAGE] = debian_image.build(
-            packages=GUEST_PACKAGES)
+        self.images[DEBIAN_IMAGE] = debian_image.build()
         self.net = self.useFixture(test_vif.Network())
         self.gateway = self.net.prefix + '.1'
         self.peer = self.useFixture(Peer(self.net.bridge,
@@ -115,6 +108,24 @@ class DebianGuestTestCase(test_configdrive.ConfigDriveTestCase):
         subnet['gateway'] = network_model.IP(address=self.gateway,
                                              type='gateway', version=4)
         return vif
+
+    def boot(self, instance, vif, source):
+        """Spawn on ``vif`` and wait for cloud-init; its status."""
+        started = time.monotonic()
+        self.spawn_guest(instance, [vif], image_id=DEBIAN_IMAGE,
+                         wait_boot=False)
+        spawned = time.monotonic() - started
+        waited, status = self.wait_cloud_init(instance)
+        print('\nDebian guest, %s: spawn %.1f s, then cloud-init done '
+              'after %.1f s' % (source, spawned, waited))
+        return status
+
+    def assert_reachable_at(self, instance, address):
+        """eth0 has ``address`` and the peer reaches it."""
+        self.assertIn('inet %s/24' % address, self.guest(
+            instance, 'ip', '-4', '-o', 'addr', 'show', 'dev', 'eth0'))
+        result = self.peer.run('ping', '-c', '2', '-W', '2', address)
+        self.assertEqual(0, result.returncode, result.stdout)
 
     def wait_cloud_init(self, instance):
         """Seconds from now until cloud-init has finished; its status."""
@@ -158,24 +169,14 @@ class DebianConfigDriveTest(DebianGuestTestCase):
     def test_cloud_init_configures_guest_from_config_drive(self):
         vif = self.port(10)
         instance = self.make_guest(user_data=CLOUD_CONFIG)
-        started = time.monotonic()
-        self.spawn_guest(instance, [vif], image_id=DEBIAN_IMAGE,
-                         wait_boot=False)
-        spawned = time.monotonic() - started
-        waited, status = self.wait_cloud_init(instance)
-        print('\nDebian guest: spawn %.1f s, then cloud-init done after '
-              '%.1f s' % (spawned, waited))
+        status = self.boot(instance, vif, 'config drive')
         self.assertIn('DataSourceConfigDrive [net,ver=2][source=%s]'
                       % configdrive.GUEST_PATH, status)
         self.assert_cloud_init_applied(instance)
         # network_data.json's static address, on the port with its MAC.
-        address = self.net.address(vif)
-        self.assertIn('inet %s/24' % address, self.guest(
-            instance, 'ip', '-4', '-o', 'addr', 'show', 'dev', 'eth0'))
+        self.assert_reachable_at(instance, self.net.address(vif))
         self.assertIn('default via %s' % self.gateway, self.guest(
             instance, 'ip', 'route'))
-        result = self.peer.run('ping', '-c', '2', '-W', '2', address)
-        self.assertEqual(0, result.returncode, result.stdout)
 
 
 METADATA_ADDRESS = '169.254.169.254'
@@ -313,13 +314,7 @@ class DebianMetadataServiceTest(DebianGuestTestCase):
             instance, network_info=network_model.NetworkInfo([vif]))
         service = self.useFixture(MetadataService(self.peer, metadata))
         self.useFixture(Dhcp(self.peer, [vif], self.gateway))
-        started = time.monotonic()
-        self.spawn_guest(instance, [vif], image_id=DEBIAN_IMAGE,
-                         wait_boot=False)
-        spawned = time.monotonic() - started
-        waited, status = self.wait_cloud_init(instance)
-        print('\nDebian guest, metadata service: spawn %.1f s, then '
-              'cloud-init done after %.1f s' % (spawned, waited))
+        status = self.boot(instance, vif, 'metadata service')
         self.addDetail('requests', testtools_content.text_content(
             '\n'.join('%s %s' % r for r in service.requests)))
         self.assertFalse(os.path.lexists(self.drive_dir(instance)))
@@ -329,8 +324,4 @@ class DebianMetadataServiceTest(DebianGuestTestCase):
         self.assertIn(200, [code for path, code in service.requests
                             if path.endswith('/meta_data.json')])
         self.assert_cloud_init_applied(instance)
-        address = self.net.address(vif)
-        self.assertIn('inet %s/24' % address, self.guest(
-            instance, 'ip', '-4', '-o', 'addr', 'show', 'dev', 'eth0'))
-        result = self.peer.run('ping', '-c', '2', '-W', '2', address)
-        self.assertEqual(0, result.returncode, result.stdout)
+        self.assert_reachable_at(instance, self.net.address(vif))
