@@ -431,7 +431,7 @@ Limits = typing.Optional[typing.Sequence[int]]
 
 @privsep.sys_admin_pctxt.entrypoint
 def set_bandwidth(dev: str, ifb: str, inbound: Limits,
-                  outbound: Limits) -> bool:
+                  outbound: Limits, host_netns: str = '') -> bool:
     """Bring the veth end ``dev``'s bandwidth limits in line; idempotent.
 
     ``inbound``/``outbound``: (average, peak, burst) in bytes/s and bytes
@@ -439,11 +439,15 @@ def set_bandwidth(dev: str, ifb: str, inbound: Limits,
     shaped by a tbf as ``dev``'s root qdisc; outbound (from the guest)
     is redirected at ``dev``'s ingress to the ifb device ``ifb``, made
     here, and shaped by a tbf there. Qdiscs are replaced, never added
-    twice; what a direction no longer needs is removed. False if ``dev``
-    is not a veth on the host.
+    twice; what a direction no longer needs is removed, and only if it is
+    ours: an ingress qdisc goes only with the port's ifb (another one on
+    the port, a QoS agent's say, stays). ``host_netns``: the named
+    namespace ``dev`` lives in ('' for this one), which takes no outbound
+    limit. False if ``dev`` is not a veth there.
     """
     dev, ifb = naming.checked_ifname(dev), naming.checked_ifname(ifb)
-    with IPRoute() as ipr:
+
+    def work(ipr):
         index = _lookup(ipr, dev, 'veth')
         if index is None:
             return False
@@ -457,11 +461,24 @@ def set_bandwidth(dev: str, ifb: str, inbound: Limits,
             ifb_index = _ensure_ifb(ipr, ifb)
             _replace_tbf(ipr, ifb_index, outbound, frame)
             _redirect_ingress(ipr, index, ifb_index)
-        else:
+        elif _delete_ifb(ipr, ifb):
             _delete_qdisc(ipr, index, 'ingress', _INGRESS_QDISC,
                           rtnl.TC_H_INGRESS)
-            _delete_ifb(ipr, ifb)
-    return True
+        return True
+
+    if not host_netns:
+        with IPRoute() as ipr:
+            return work(ipr)
+    if outbound:
+        raise ValueError('no outbound limit in namespace %s' % host_netns)
+    try:
+        fd = _open_netns(host_netns)
+    except FileNotFoundError:
+        return False
+    try:
+        return _in_netns(fd, work)
+    finally:
+        os.close(fd)
 
 
 @privsep.sys_admin_pctxt.entrypoint

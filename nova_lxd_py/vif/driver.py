@@ -78,7 +78,7 @@ def plug(instance, vif):
                         naming.mac(vif), naming.mtu(vif) or 0, bridge,
                         side.host_netns(vif))
         side.attach(instance, vif)
-        qos.apply(instance, vif)
+        qos.apply(instance, vif, side.host_netns(vif))
     except Exception as e:
         raise exception.VifPlugFailed(port=vif['id'], reason=e) from e
     LOG.debug('Port %(port)s plugged as %(dev)s', {

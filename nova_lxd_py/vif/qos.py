@@ -87,21 +87,25 @@ def check(instance):
     limits(instance.flavor.extra_specs)
 
 
-def apply(instance, vif):
-    """Give the port's host end the flavor's limits (or none); idempotent.
+def apply(instance, vif, host_netns=''):
+    """Give the port's host end (in the named namespace ``host_netns``,
+    '' for this one) the flavor's limits (or none); idempotent.
 
     Runs on every plug: spawn, power on and hard reboot, compute start-up
     and interface attach.
     """
     wanted = limits(instance.flavor.extra_specs)
-    if wanted['outbound'] and _read_by_packet_socket(vif):
+    if wanted['outbound'] and (host_netns or _read_by_packet_socket(vif)):
         LOG.warning('Port %s: outbound bandwidth is not limited on Open '
-                    'vSwitch\'s netdev datapath, which reads the port '
-                    'before any tc ingress hook', vif['id'],
-                    instance=instance)
+                    'vSwitch\'s netdev datapath (or a switch in a network '
+                    'namespace of its own), which reads the port before '
+                    'any tc ingress hook', vif['id'], instance=instance)
         wanted['outbound'] = None
-    net.set_bandwidth(naming.host_name(vif), naming.ifb_name(vif),
-                      wanted['inbound'], wanted['outbound'])
+    if not net.set_bandwidth(naming.host_name(vif), naming.ifb_name(vif),
+                             wanted['inbound'], wanted['outbound'],
+                             host_netns) and wanted['inbound']:
+        LOG.warning('Port %s: no host end %s found to limit', vif['id'],
+                    naming.host_name(vif), instance=instance)
 
 
 def _read_by_packet_socket(vif):

@@ -178,6 +178,16 @@ class QosTest(test_vif.VifTestCase):
         print('inbound without limit: %.0f B/s' % rate)
         self.assertGreater(rate, 4 * LIMIT_BYTES)
 
+    def test_replug_without_limits_keeps_an_ingress_qdisc_not_ours(self):
+        guest, vif, _ = self.guest_on_bridge()
+        host_end = naming.host_name(vif)
+        # As a QoS agent's policing would have it.
+        subprocess.run(['tc', 'qdisc', 'add', 'dev', host_end, 'ingress'],
+                       check=True)
+        self.driver.plug_vifs(guest, [vif])
+        self.assertIn('qdisc ingress', tc_show('qdisc', 'show', 'dev',
+                                               host_end))
+
     def test_limits_survive_power_cycle_and_reach_hotplugged_port(self):
         guest, vif, peer = self.guest_on_bridge(**{
             'quota:vif_inbound_average': str(LIMIT_KB),

@@ -93,6 +93,21 @@ class OvsNetnsTest(test_vif.VifTestCase):
         self.driver.destroy(self.context, guest_b, nw_b)
         self.assert_nothing_left(a, b)
 
+    def test_inbound_limit_on_the_host_end_in_the_switch_netns(self):
+        a = self.port(1)
+        self.spawn_on(a, instance=self.make_instance(**{
+            'quota:vif_inbound_average': '1000',
+            'quota:vif_outbound_average': '1000'}))
+        qdiscs = subprocess.run(
+            ['ip', 'netns', 'exec', self.ovs.netns, 'tc', 'qdisc', 'show',
+             'dev', naming.host_name(a)],
+            capture_output=True, text=True, check=True).stdout
+        self.assertIn('tbf 1: root', qdiscs)
+        # Outbound: not on the userspace datapath (a warning says so).
+        self.assertNotIn('ingress', qdiscs)
+        self.assertNotIn(naming.ifb_name(a), netns_links(self.ovs.netns))
+        self.assertNotIn(naming.ifb_name(a), test_vif.host_links())
+
     def test_hotplug_into_a_running_guest_and_detach(self):
         a, b = self.port(1), self.port(2)
         guest_b, _ = self.spawn_on(b)
