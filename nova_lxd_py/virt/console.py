@@ -57,6 +57,7 @@ class ConsoleMixin:
             server = self._console_servers.get(instance.uuid)
             if server and server.holder_pid != monitor:
                 server.stop()   # a guest stopped and started again since
+                server = None   # (even if it has not closed yet)
             if not server or server.closed:
                 server = self._serve_console(instance, monitor)
         return ctype.ConsoleSerial(host=server.host, port=server.port)
@@ -78,6 +79,11 @@ class ConsoleMixin:
                 host=host, port=port, error=e)
         with self._console_servers_lock:
             self._console_servers[instance.uuid] = server
+        if server.closed:   # before it was registered: its port is free
+            with self._console_servers_lock:
+                if self._console_servers.get(instance.uuid) is server:
+                    del self._console_servers[instance.uuid]
+            raise _not_running(instance)
         LOG.info('Serial console on %(host)s:%(port)d',
                  {'host': host, 'port': port}, instance=instance)
         return server

@@ -17,6 +17,7 @@ import random  # noqa: E402
 import socket  # noqa: E402
 import time  # noqa: E402
 
+import fixtures  # noqa: E402
 from nova.console import serial  # noqa: E402
 from nova.console import type as ctype  # noqa: E402
 from nova import exception as nova_exception  # noqa: E402
@@ -208,6 +209,25 @@ class SerialConsoleTest(DriverTestCase):
         self.assertRaises(nova_exception.ConsoleTypeUnavailable,
                           self.get_console, instance)
         self.assertEqual({}, self.driver._console_servers)
+
+    def test_console_closing_before_it_is_registered_not_running(self):
+        # The guest stops between the port's opening and its registration.
+        instance = self.spawn()
+        allocated = set(serial.ALLOCATED_PORTS)
+        real = relay.ConsoleServer
+
+        def closed_at_once(*args, **kwargs):
+            server = real(*args, **kwargs)
+            server.stop()
+            return server
+
+        self.useFixture(fixtures.MockPatch(
+            'nova_lxd_py.console.relay.ConsoleServer', autospec=True,
+            side_effect=closed_at_once))
+        self.assertRaises(nova_exception.InstanceNotReady,
+                          self.get_console, instance)
+        self.assertEqual({}, self.driver._console_servers)
+        self.assertEqual(allocated, serial.ALLOCATED_PORTS)   # released
 
     def test_stopped_instance_not_running(self):
         instance = self.spawn(power_on=False)
