@@ -71,6 +71,10 @@ def plug(instance, vif):
     flavor's bandwidth limits; idempotent."""
     check(vif)
     qos.check(instance)
+    _plug(instance, vif)
+
+
+def _plug(instance, vif):
     side = HOST_SIDES[vif['type']]
     try:
         bridge = side.bridge(instance, vif)
@@ -78,7 +82,7 @@ def plug(instance, vif):
                         naming.mac(vif), naming.mtu(vif) or 0, bridge,
                         side.host_netns(vif))
         side.attach(instance, vif)
-        qos.apply(instance, vif, side.host_netns(vif))
+        qos.apply(instance, vif, side)
     except Exception as e:
         raise exception.VifPlugFailed(port=vif['id'], reason=e) from e
     LOG.debug('Port %(port)s plugged as %(dev)s', {
@@ -127,23 +131,24 @@ def _delete_pair(names, host_netns):
         net.delete_veth(peer)
 
 
-def plug_all(instance, network_info):
-    """Plug every port, or none: on a failure the ones plugged (and the
-    one that failed) are unplugged again before the error is raised."""
-    check_all(instance, network_info)
-    done = []
+def delete_by_peer(peer):
+    """Delete a port's devices known only by its guest end (a stopped
+    orphan's config names it): the pair, host end included, and the ifb
+    of its outbound limit. True if there was a pair."""
+    deleted = net.delete_veth(peer)
     try:
-        for vif in network_info:
-            done.append(vif)
-            plug(instance, vif)
-    except Exception:
-        for vif in reversed(done):
-            try:
-                unplug(instance, vif)
-            except Exception:
-                LOG.exception('Could not unplug port %s after a failed '
-                              'plug', vif.get('id'), instance=instance)
-        raise
+        net.delete_ifb(naming.ifb_of_peer(peer))
+    except naming.InvalidVif:
+        pass   # not a name of ours: no ifb either
+    return deleted
+
+
+def plug_all(instance, network_info):
+    """Plug ports that passed check_all (spawn checks before it makes
+    anything). On a failure the caller unplugs them all: unplug takes
+    what a plug left half way."""
+    for vif in network_info:
+        _plug(instance, vif)
 
 
 def unplug_all(instance, network_info):

@@ -133,6 +133,9 @@ class OpenVSwitch(wiring.Wiring):
         os_vif.plug(obj, _instance_info(instance))
         return obj.bridge_name
 
+    def reads_by_packet_socket(self, vif):
+        return to_osvif(vif).port_profile.datapath_type == NETDEV
+
     def attach(self, instance, vif):
         obj = to_osvif(vif)
         if obj.port_profile.datapath_type == NETDEV:

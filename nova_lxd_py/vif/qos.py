@@ -15,7 +15,6 @@ flavors stored before are checked again here, before anything is made.
 
 import collections
 
-from nova.network import model
 from oslo_log import log as logging
 
 from nova_lxd_py import exception
@@ -87,15 +86,17 @@ def check(instance):
     limits(instance.flavor.extra_specs)
 
 
-def apply(instance, vif, host_netns=''):
-    """Give the port's host end (in the named namespace ``host_netns``,
-    '' for this one) the flavor's limits (or none); idempotent.
+def apply(instance, vif, side):
+    """Give the port's host end (wired by ``side``, a wiring.Wiring) the
+    flavor's limits (or none); idempotent.
 
     Runs on every plug: spawn, power on and hard reboot, compute start-up
     and interface attach.
     """
     wanted = limits(instance.flavor.extra_specs)
-    if wanted['outbound'] and (host_netns or _read_by_packet_socket(vif)):
+    host_netns = side.host_netns(vif)
+    if wanted['outbound'] and (host_netns or
+                               side.reads_by_packet_socket(vif)):
         LOG.warning('Port %s: outbound bandwidth is not limited on Open '
                     'vSwitch\'s netdev datapath (or a switch in a network '
                     'namespace of its own), which reads the port before '
@@ -106,13 +107,6 @@ def apply(instance, vif, host_netns=''):
                              host_netns) and wanted['inbound']:
         LOG.warning('Port %s: no host end %s found to limit', vif['id'],
                     naming.host_name(vif), instance=instance)
-
-
-def _read_by_packet_socket(vif):
-    details = vif.get('details') or {}
-    return vif.get('type') == model.VIF_TYPE_OVS and \
-        details.get(model.VIF_DETAILS_OVS_DATAPATH_TYPE) == \
-        model.VIF_DETAILS_OVS_DATAPATH_NETDEV
 
 
 def remove(vif):

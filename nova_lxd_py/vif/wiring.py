@@ -34,6 +34,11 @@ class Wiring:
         nova-compute's own."""
         return ''
 
+    def reads_by_packet_socket(self, vif):
+        """Whether the switch reads the host end through a packet socket,
+        before any tc ingress hook (no outbound limit can work there)."""
+        return False
+
     def attach(self, instance, vif):
         """Wire the host end once the pair exists; idempotent."""
 

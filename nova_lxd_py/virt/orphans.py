@@ -11,8 +11,7 @@ from oslo_log import log as logging
 from oslo_utils import uuidutils
 
 from nova_lxd_py import conf
-from nova_lxd_py.privsep import net
-from nova_lxd_py.vif import naming
+from nova_lxd_py.vif import driver as vifs
 from nova_lxd_py.virt import config
 from nova_lxd_py.virt import container
 
@@ -31,12 +30,9 @@ def _delete_links(name):
     port row stays for Neutron's agent to remove.
     """
     for nic in config.nics_of(container.read_config(name)):
-        if net.delete_veth(nic.link):
+        if vifs.delete_by_peer(nic.link):
             LOG.info('Deleted the network device %(dev)s of orphaned '
                      'container %(name)s', {'dev': nic.link, 'name': name})
-        # The port's ifb, if its flavor limited outbound bandwidth.
-        if nic.link.startswith(naming.PEER_PREFIX):
-            net.delete_ifb(naming.ifb_of_peer(nic.link))
 
 
 class OrphansMixin:

@@ -245,7 +245,7 @@ class VifTest(VifTestCase):
 
     def test_spawn_failing_second_plug_leaves_nothing(self):
         a, b = self.net.port(1), self.net.port(2)
-        real_plug = vifs.plug
+        real_plug = vifs._plug
 
         def plug(instance, vif):
             if vif['id'] == b['id']:
@@ -254,7 +254,7 @@ class VifTest(VifTestCase):
             real_plug(instance, vif)
 
         patched = self.useFixture(fixtures.MockPatch(
-            'nova_lxd_py.vif.driver.plug', autospec=True,
+            'nova_lxd_py.vif.driver._plug', autospec=True,
             side_effect=plug)).mock
         instance = self.make_instance()
         self.assertRaises(exception.VifPlugFailed, self.driver.spawn,
