@@ -52,12 +52,15 @@ def write_file(path: str, data: bytes, uid: int, gid: int,
     The last component is never followed if it is a symlink (O_NOFOLLOW);
     ``_owned`` has resolved the others inside our directories.
     """
-    path = _owned(path)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+    _write(_owned(path), os.O_TRUNC, data, uid, gid, mode)
+
+
+def _write(path, flags, data, uid, gid, mode):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | flags,
                  mode & 0o7777)
     try:
         os.fchown(fd, uid, gid)
-        os.fchmod(fd, mode & 0o7777)
+        os.fchmod(fd, mode & 0o7777)   # whatever this daemon's umask is
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
@@ -102,25 +105,17 @@ def write_tree(path: str, files: dict) -> None:
     tmp = path + '.tmp'
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        os.mkdir(tmp, 0o755)
+        os.mkdir(tmp)
+        os.chmod(tmp, 0o755)
         for rel in sorted(files):
             parent = tmp
             for part in rel.split('/')[:-1]:
                 parent = os.path.join(parent, part)
                 if not os.path.isdir(parent):
-                    os.mkdir(parent, 0o755)
-            fd = os.open(os.path.join(tmp, rel), os.O_WRONLY | os.O_CREAT |
-                         os.O_EXCL | os.O_NOFOLLOW, 0o644)
-            try:
-                view = memoryview(files[rel])
-                while view:
-                    view = view[os.write(fd, view):]
-            finally:
-                os.close(fd)
-        for top, dirs, names in os.walk(tmp):
-            os.chmod(top, 0o755)   # whatever this daemon's umask is
-            for name in names:
-                os.chmod(os.path.join(top, name), 0o644)
+                    os.mkdir(parent)
+                    os.chmod(parent, 0o755)
+            _write(os.path.join(tmp, rel), os.O_EXCL, files[rel], 0, 0,
+                   0o644)
         shutil.rmtree(path, ignore_errors=True)
         os.rename(tmp, path)
     except BaseException:

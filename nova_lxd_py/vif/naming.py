@@ -127,14 +127,14 @@ def mtu(vif):
     if value in (None, ''):
         return None
     try:
-        value = int(value)
+        number = int(value)
     except (TypeError, ValueError):
-        value = 0
+        number = 0
     # 68: IPv4's minimum; 65535: the largest a veth accepts.
-    if not 68 <= value <= 65535:
+    if not 68 <= number <= 65535:
         raise InvalidVif('port %s has an invalid MTU %r'
-                         % (vif.get('id'), network.get('meta')))
-    return value
+                         % (vif.get('id'), value))
+    return number
 
 
 def bridge_name(vif):

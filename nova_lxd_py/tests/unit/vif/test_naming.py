@@ -82,6 +82,12 @@ class NamingTest(base.BaseTestCase):
         self.assertRaises(naming.InvalidVif, naming.mtu,
                           vif(network={'meta': {'mtu': value}}))
 
+    def test_mtu_error_names_the_port_s_own_value(self):
+        error = self.assertRaises(naming.InvalidVif, naming.mtu,
+                                  vif(network={'meta': {}},
+                                      meta={'mtu': 40}))
+        self.assertIn('invalid MTU 40', str(error))
+
     @ddt.unpack
     @ddt.data(
         ({}, 'brq5e6f7a8b-9c'),
