@@ -21,7 +21,6 @@ benchmarks/README.md has the details.
 
 import argparse
 import datetime
-import json
 import math
 import os
 import random
@@ -52,7 +51,6 @@ from nova_lxd_py.virt import container  # noqa: E402
 from nova_lxd_py.virt import host  # noqa: E402
 
 CONF = spawn.CONF
-HERE = spawn.HERE
 CDIR = spawn.CDIR
 BOOTED = b'guest init: booted'
 RTT = re.compile(r'= ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms')
@@ -695,14 +693,8 @@ def main():
             peer.cleanUp()
         clean_ports(net)
         net.cleanUp()
-    output = args.output or os.path.join(
-        HERE, 'results', 'network-%s.json' %
-        datetime.datetime.now().strftime('%Y%m%d-%H%M%S'))
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output, 'w') as f:
-        json.dump(result, f, indent=2)
     print_report(result)
-    print('\nJSON: %s' % output)
+    spawn.save(result, args.output, 'network')
 
 
 if __name__ == '__main__':

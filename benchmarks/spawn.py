@@ -523,9 +523,14 @@ def main():
         if not args.keep:
             kill_everything(base, top, fs)
     print_report(result, args)
-    output = args.output or os.path.join(
-        HERE, 'results', 'spawn-%s.json' %
-        datetime.datetime.now().strftime('%Y%m%d-%H%M%S'))
+    save(result, args.output, 'spawn')
+
+
+def save(result, output, kind):
+    """Write ``result`` as JSON to ``output``, by default a new file of
+    ``kind`` under results/, and say where."""
+    output = output or os.path.join(HERE, 'results', '%s-%s.json' % (
+        kind, datetime.datetime.now().strftime('%Y%m%d-%H%M%S')))
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, 'w') as f:
         json.dump(result, f, indent=2)
