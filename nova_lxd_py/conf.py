@@ -174,15 +174,50 @@ OPTS = [
              'reboot request before falling back to a hard reboot.'),
 ]
 
+# Resize and cold migration move an instance's disks between compute
+# hosts over ssh, as the libvirt driver's do: every host needs the same
+# [lxc] container_path and an sshd that lets the migration user in.
+MIGRATION_OPTS = [
+    cfg.StrOpt(
+        'migration_ssh_user',
+        default='root',
+        help='User that resize and cold migration log in as on the other '
+             'compute host (ssh) to receive an instance\'s disks. Its '
+             'files land in ``[lxc] container_path`` owned by root, so it '
+             'is root, or a user whose ssh session runs as root there. '
+             'Related: ``migration_ssh_identity_file``.'),
+    cfg.PortOpt(
+        'migration_ssh_port',
+        default=22,
+        help='TCP port of sshd on the other compute hosts.'),
+    cfg.StrOpt(
+        'migration_ssh_identity_file',
+        default='',
+        help='Private key for those ssh logins (``ssh -i``); empty: '
+             'root\'s own ssh configuration and keys. The transfer runs in '
+             'the privsep daemon, as root.'),
+    cfg.StrOpt(
+        'migration_ssh_known_hosts_file',
+        default='',
+        help='known_hosts file with the host keys of every compute host; '
+             'empty: root\'s own. Unknown or changed host keys are refused '
+             '(StrictHostKeyChecking), never accepted on first use.'),
+    cfg.IntOpt(
+        'migration_ssh_connect_timeout',
+        default=10, min=1,
+        help='Seconds to wait for the ssh connection to the other host '
+             'before the move fails (the instance stays on its source).'),
+]
+
 
 def register_opts(conf=cfg.CONF):
     conf.register_group(GROUP)
-    conf.register_opts(OPTS, group=GROUP)
+    conf.register_opts(OPTS + MIGRATION_OPTS, group=GROUP)
 
 
 def list_opts():
     # oslo-config-generator wants (group, options) pairs, not a dict.
-    return [(GROUP, OPTS)]
+    return [(GROUP, OPTS + MIGRATION_OPTS)]
 
 
 # nova.conf registers Nova's own options (instances_path, which our paths

@@ -9,6 +9,8 @@ cloud-init mounts ``ephemeral0``), the others at ``/media/ephemeral<N>``
 and removed with it.
 """
 
+import os
+
 from nova.virt import driver as nova_driver
 from oslo_log import log as logging
 
@@ -62,6 +64,24 @@ def mounts(container_dir):
 def activate(container_dir):
     for name in disk.names(container_dir):
         disk.mount(container_dir, name)
+
+
+def moved_entries(container_dir):
+    """The disk images a move to another host takes."""
+    return [os.path.basename(disk.image_path(container_dir, name))
+            for name in disk.names(container_dir)]
+
+
+def adopt(container_dir, disks, uid, gid):
+    """After a move: the disks that arrived, grown to their new sizes (a
+    resize), and those the new flavor adds, made; all mounted."""
+    for name, size_gb in disks:
+        if os.path.exists(disk.image_path(container_dir, name)):
+            disk.grow(container_dir, size_gb, name)
+        else:
+            disk.make(container_dir, size_gb, uid, gid, '', name)
+    activate(container_dir)
+    return mounts(container_dir)
 
 
 def destroy(container_dir):

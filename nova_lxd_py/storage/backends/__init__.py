@@ -13,6 +13,15 @@ container. Its interface:
 ``writable_root(container_dir) -> str``
     Host directory where a file written before the first start shows in
     the guest's root (LXD templates are rendered there).
+``deactivate(container_dir)``
+    Before the instance's files move to another host (resize, migration):
+    nothing of the root stays mounted on the host.
+``moved_entries(container_dir) -> [str]``
+    The names in ``container_dir`` that hold the root (disk image or tree)
+    and must move with the instance.
+``adopt(container_dir, image_rootfs, uid, gid, size_gb=0) -> str``
+    After a move: the ``lxc.rootfs.path`` of the root that arrived in
+    ``container_dir``, grown to ``size_gb`` (a resize's new root_gb).
 ``destroy(container_dir)``
     Release anything ``create`` made outside ``container_dir`` (the
     directory itself is removed by the caller).

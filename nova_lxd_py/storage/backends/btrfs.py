@@ -190,6 +190,23 @@ def image_subvolume(tree: str, dest: str) -> bool:
     dest = _inside(dest, 'image_cache_path')
     if is_subvolume(dest):
         return False
+    _subvolume_of_tree(tree, dest)
+    return True
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def tree_to_subvolume(tree: str) -> None:
+    """Turn an instance's root tree that arrived by a move (a plain
+    directory) into a subvolume of the same name, data blocks shared."""
+    tree = _inside(tree, 'container_path')
+    if is_subvolume(tree):
+        return
+    _subvolume_of_tree(tree, tree + '.subvolume')
+    shutil.rmtree(tree)
+    os.rename(tree + '.subvolume', tree)
+
+
+def _subvolume_of_tree(tree, dest):
     tmp = dest + '.tmp'
     delete_subvolume(tmp)   # a crash's leftover
     run(['btrfs', 'subvolume', 'create', tmp])
@@ -200,7 +217,6 @@ def image_subvolume(tree: str, dest: str) -> bool:
     except Exception:
         with excutils.save_and_reraise_exception():
             delete_subvolume(tmp)
-    return True
 
 
 @privsep.sys_admin_pctxt.entrypoint
@@ -432,6 +448,21 @@ class BtrfsBackend:
 
     def activate(self, container_dir):
         """Nothing: a subvolume needs no mount of its own."""
+
+    deactivate = activate
+
+    def moved_entries(self, container_dir):
+        return [ROOT]
+
+    def adopt(self, container_dir, image_rootfs, uid, gid, size_gb=0):
+        """A root tree moved here becomes a subvolume again, with the
+        flavor's limit (a resize's new size)."""
+        root = os.path.join(container_dir, ROOT)
+        tree_to_subvolume(root)
+        if size_gb:
+            self._quota()
+            limit(root, size_gb)
+        return root
 
     def writable_root(self, container_dir):
         return os.path.join(container_dir, ROOT)

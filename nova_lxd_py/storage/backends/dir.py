@@ -40,5 +40,20 @@ class DirBackend:
     def writable_root(self, container_dir):
         return self._root(container_dir)
 
+    def moved_entries(self, container_dir):
+        if os.path.exists(disk.image_path(container_dir)):
+            return [os.path.basename(disk.image_path(container_dir))]
+        return [os.path.basename(self._root(container_dir))]
+
+    def adopt(self, container_dir, image_rootfs, uid, gid, size_gb=0):
+        if os.path.exists(disk.image_path(container_dir)):
+            if size_gb:
+                disk.grow(container_dir, size_gb)
+            disk.mount(container_dir)
+        return self._root(container_dir)
+
+    def deactivate(self, container_dir):
+        disk.unmount(container_dir)
+
     def destroy(self, container_dir):
         disk.unmount(container_dir)

@@ -123,6 +123,40 @@ def unmount(container_dir: str, name: str = ROOT) -> None:
 
 
 @privsep.sys_admin_pctxt.entrypoint
+def grow(container_dir: str, size_gb: int, name: str = ROOT) -> bool:
+    """Grow an unmounted disk of the instance to ``size_gb`` (a resize).
+
+    False if it has that size already. Never shrinks: ext4 cannot shrink
+    safely under a guest's data, so a smaller size is a ValueError (the
+    driver refuses such a resize before anything is touched).
+    """
+    cdir = _confined(container_dir)
+    image, point = (os.path.join(cdir, f) for f in _files(name))
+    if os.path.ismount(point):
+        raise ValueError('%s is mounted' % point)
+    old, new = os.path.getsize(image), size_gb << 30
+    if new < old:
+        raise ValueError('%s is %d bytes, larger than %d GiB' % (
+            image, old, size_gb))
+    if new == old:
+        return False
+    proc = subprocess.run(['e2fsck', '-f', '-p', image], capture_output=True,
+                          text=True)
+    if proc.returncode > 1:   # 1: errors corrected
+        raise OSError('e2fsck of %s failed: %s' % (image,
+                                                   proc.stderr.strip()))
+    with open(image, 'r+b') as f:
+        f.truncate(new)
+    try:
+        _run(['resize2fs', image])
+    except Exception:
+        with open(image, 'r+b') as f:
+            f.truncate(old)
+        raise
+    return True
+
+
+@privsep.sys_admin_pctxt.entrypoint
 def usage(container_dir: str) -> list:
     """[bytes used, bytes in all] of the instance's file system."""
     st = os.statvfs(os.path.join(_confined(container_dir), MOUNT))

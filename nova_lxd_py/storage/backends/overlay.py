@@ -47,5 +47,25 @@ class OverlayBackend:
         """Host directory whose files the guest sees over the image's."""
         return os.path.join(self._top(container_dir), 'upper')
 
+    def moved_entries(self, container_dir):
+        """What a move to another host takes: the disk, or the layer."""
+        if os.path.exists(disk.image_path(container_dir)):
+            return [os.path.basename(disk.image_path(container_dir))]
+        return ['upper', 'work']
+
+    def adopt(self, container_dir, image_rootfs, uid, gid, size_gb=0):
+        """The root of an instance whose files were moved here (resize,
+        migration): its disk grown to ``size_gb`` and mounted."""
+        if os.path.exists(disk.image_path(container_dir)):
+            if size_gb:
+                disk.grow(container_dir, size_gb)
+            disk.mount(container_dir)
+        return 'overlay:%s:%s' % (image_rootfs,
+                                  self.writable_root(container_dir))
+
+    def deactivate(self, container_dir):
+        """Before a move: nothing of the root stays mounted."""
+        disk.unmount(container_dir)
+
     def destroy(self, container_dir):
         disk.unmount(container_dir)

@@ -1,0 +1,216 @@
+"""Moving an instance's files to another compute host, over ssh.
+
+Resize and cold migration copy the files of a stopped instance (its root
+and ephemeral disk images, or its root tree, and its console log) from the
+source's ``[lxc] container_path`` to the same path on the destination, as
+the libvirt driver copies its disks: a GNU tar stream (sparse files stay
+sparse, numeric owners, xattrs and device nodes kept) piped into ``ssh
+<dest> tar -x``. Nothing is shared between hosts; every byte crosses the
+network between them.
+
+The destination unpacks into ``<container_path>/.incoming/<uuid>`` and
+renames it to ``<container_path>/<uuid>`` only once the stream is complete,
+so a transfer that breaks off (the destination dies, its disk fills, the
+link drops) never leaves anything that looks like an instance; the
+destination removes stale incoming trees when its compute service starts.
+A move to the same host copies locally (reflinks where the file system
+has them) along the same two steps.
+
+Every host must use the same ``[lxc] container_path`` (as libvirt's hosts
+share ``instances_path``); ssh's user, port, key and known_hosts come from
+``[lxc] migration_ssh_*``.
+"""
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+
+from oslo_config import cfg
+from oslo_utils import uuidutils
+
+from nova_lxd_py import privsep
+
+CONF = cfg.CONF
+
+INCOMING = '.incoming'
+# A host name or an IPv4/IPv6 address; never an ssh option.
+_HOST = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_.:%-]{0,252}$')
+# What may be sent: disk images, root trees, the console log.
+_ENTRY = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$')
+TAR_CREATE = ['tar', '--create', '--file=-', '--sparse', '--numeric-owner',
+              '--xattrs', "--xattrs-include=*", '--acls']
+TAR_EXTRACT = ['tar', '--extract', '--file=-', '--numeric-owner',
+               '--same-permissions', '--xattrs', "--xattrs-include=*",
+               '--acls']
+
+
+def _uuid(name):
+    if not uuidutils.is_uuid_like(name) or '/' in name:
+        raise ValueError('not an instance uuid: %r' % name)
+    return name
+
+
+def _host(host):
+    if not isinstance(host, str) or not _HOST.match(host):
+        raise ValueError('not a host name or address: %r' % (host,))
+    return host
+
+
+def _entries(entries):
+    for entry in entries:
+        if not isinstance(entry, str) or not _ENTRY.match(entry):
+            raise ValueError('not a file of an instance: %r' % (entry,))
+    return list(entries)
+
+
+def _confined(path):
+    root = os.path.realpath(CONF.lxc.container_path)
+    real = os.path.realpath(path)
+    if not real.startswith(root + os.sep):
+        raise ValueError('%s is outside [lxc] container_path' % path)
+    return real
+
+
+def incoming_dir(name):
+    return os.path.join(CONF.lxc.container_path, INCOMING, _uuid(name))
+
+
+def final_dir(name):
+    return os.path.join(CONF.lxc.container_path, _uuid(name))
+
+
+def ssh_argv(host):
+    """ssh to ``host`` as ``[lxc] migration_ssh_*`` say, never asking."""
+    argv = ['ssh', '-o', 'BatchMode=yes',
+            '-o', 'ConnectTimeout=%d' % CONF.lxc.migration_ssh_connect_timeout,
+            '-o', 'ServerAliveInterval=5', '-o', 'ServerAliveCountMax=3',
+            '-p', str(CONF.lxc.migration_ssh_port),
+            '-l', CONF.lxc.migration_ssh_user]
+    if CONF.lxc.migration_ssh_identity_file:
+        argv += ['-i', CONF.lxc.migration_ssh_identity_file,
+                 '-o', 'IdentitiesOnly=yes']
+    if CONF.lxc.migration_ssh_known_hosts_file:
+        argv += ['-o', 'UserKnownHostsFile=' +
+                 CONF.lxc.migration_ssh_known_hosts_file,
+                 '-o', 'StrictHostKeyChecking=yes']
+    return argv + ['--', _host(host)]
+
+
+def _receive_script(name):
+    """The destination's side: unpack, then rename into place."""
+    inc, final = incoming_dir(name), final_dir(name)
+    q = shlex.quote
+    return ('set -e; umask 022; rm -rf {inc}; mkdir -p {top}; '
+            'mkdir -m 0711 {inc}; {tar} -C {inc}; '
+            'if [ -e {final} ]; then rm -rf {inc}; '
+            'echo "{final} exists already" >&2; exit 17; fi; '
+            'mv -T {inc} {final}').format(
+                inc=q(inc), top=q(os.path.dirname(inc)), final=q(final),
+                tar=' '.join(q(a) for a in TAR_EXTRACT))
+
+
+def _tail(text, limit=1000):
+    text = (text or b'').decode(errors='replace').strip()
+    return text[-limit:]
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def send(source_dir: str, entries: list, host: str, name: str) -> int:
+    """Stream ``entries`` of ``source_dir`` to instance ``name``'s
+    directory on ``host``; return the bytes of the stream.
+
+    Raises OSError with what tar or ssh said when either fails; the
+    destination then has no directory of the instance.
+    """
+    source_dir, entries = _confined(source_dir), _entries(entries)
+    ssh = ssh_argv(host) + [_receive_script(name)]
+    tar = subprocess.Popen(TAR_CREATE + ['-C', source_dir, '--'] + entries,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        remote = subprocess.Popen(ssh, stdin=subprocess.PIPE,
+                                  stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE)
+    except Exception:
+        tar.kill()
+        tar.wait()
+        raise
+    sent = 0
+    try:
+        while True:
+            chunk = tar.stdout.read(1 << 20)
+            if not chunk:
+                break
+            remote.stdin.write(chunk)
+            sent += len(chunk)
+    except BrokenPipeError:
+        pass   # the destination gave up: its stderr says why
+    finally:
+        tar.stdout.close()
+        try:
+            remote.stdin.close()
+        except BrokenPipeError:
+            pass
+        tar_rc = tar.wait()   # EPIPE ends it if we stopped reading
+        remote_err = remote.stderr.read()
+        remote_rc = remote.wait()
+        tar_err = tar.stderr.read()
+    if remote_rc:
+        raise OSError('receiving on %s failed (exit %d): %s' % (
+            host, remote_rc, _tail(remote_err) or 'no message'))
+    if tar_rc:
+        raise OSError('reading %s failed: %s' % (source_dir, _tail(tar_err)))
+    return sent
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def copy_local(source_dir: str, entries: list, name: str) -> None:
+    """The same-host variant of send(): a local copy (reflinks where the
+    file system has them, sparse files kept sparse)."""
+    source_dir, entries = _confined(source_dir), _entries(entries)
+    inc, final = _confined(incoming_dir(name)), final_dir(name)
+    shutil.rmtree(inc, ignore_errors=True)
+    os.makedirs(os.path.dirname(inc), mode=0o711, exist_ok=True)
+    os.mkdir(inc, 0o711)
+    try:
+        for entry in entries:
+            proc = subprocess.run(
+                ['cp', '-a', '--sparse=always', '--reflink=auto', '-T',
+                 os.path.join(source_dir, entry), os.path.join(inc, entry)],
+                capture_output=True)
+            if proc.returncode:
+                raise OSError('copying %s failed: %s' % (
+                    entry, _tail(proc.stderr)))
+        if os.path.lexists(final):
+            raise OSError('%s exists already' % final)
+        os.rename(inc, final)
+    except BaseException:
+        shutil.rmtree(inc, ignore_errors=True)
+        raise
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def remove_remote_incoming(host: str, name: str) -> None:
+    """Remove instance ``name``'s incoming tree on ``host`` (a transfer
+    that broke off); never a directory that was there before."""
+    script = 'rm -rf -- %s' % shlex.quote(incoming_dir(name))
+    proc = subprocess.run(ssh_argv(host) + [script], capture_output=True,
+                          timeout=CONF.lxc.migration_ssh_connect_timeout + 60)
+    if proc.returncode:
+        raise OSError('removing on %s failed: %s' % (host,
+                                                     _tail(proc.stderr)))
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def remove_incoming() -> list:
+    """Remove every incoming tree of this host (transfers that broke off
+    while this host's compute service was down); their instance uuids."""
+    top = os.path.join(CONF.lxc.container_path, INCOMING)
+    try:
+        names = os.listdir(top)
+    except FileNotFoundError:
+        return []
+    for name in names:
+        shutil.rmtree(os.path.join(top, name), ignore_errors=True)
+    return sorted(names)
