@@ -32,13 +32,14 @@ from nova_lxd_py.virt import config
 from nova_lxd_py.virt import configdrive
 from nova_lxd_py.virt import console
 from nova_lxd_py.virt import container
+from nova_lxd_py.virt import guest
 from nova_lxd_py.virt import host
 from nova_lxd_py.virt import hotplug
+from nova_lxd_py.virt import migration
 from nova_lxd_py.virt import orphans
 from nova_lxd_py.virt import password
 from nova_lxd_py.virt import rescue
 from nova_lxd_py.virt import snapshots
-from nova_lxd_py.virt import templates
 
 CONF = conf.CONF
 LOG = logging.getLogger(__name__)
@@ -90,6 +91,9 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
         # instance's trusted certificates before we unpack anything.
         supports_trusted_certs=True,
         supports_attach_interface=True,
+        # Evacuate rebuilds from the image on the new host (no shared
+        # storage): virt/migration.py's cold moves carry the disks instead.
+        supports_evacuate=True,
         # Tags need device metadata (config drive, metadata service) that
         # names the guest's device; not built for containers yet.
         supports_tagged_attach_interface=False,
@@ -104,13 +108,24 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
         self._images = images.ImageCache(CONF.lxc.image_cache_path)
         self._backend = backends.get(CONF.lxc.root_disk_backend)
         self._cgroup_version = None
+        self._node_uuid = None
+        self._guests = guest.Guests(self._backend, self._images)
+        self._moves = migration.ColdMigrations(
+            self._backend, virtapi, migration.GuestOps(
+                power_off=self.power_off, start=self._start,
+                guest_setup=self._guests.setup,
+                write_config=self._guests.write_config))
 
     # -- host --------------------------------------------------------------
 
     def init_host(self, host):
         # Nova passes the host name by keyword, as ``host``.
         self._nodename = host
+        # Read once: the node's identity file does not change while the
+        # service runs.
+        self._node_uuid = node.get_local_node_uuid()
         self._check_host()
+        self._moves.clean_incoming()
         self._handle_orphans(known=None)
 
     def _check_host(self):
@@ -123,6 +138,7 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
             raise exception.HostCannotRunContainers(
                 reason='no cgroup file system at %s' % host.CGROUP_ROOT)
         self._cgroup_version = host.cgroup_version()
+        self._guests.cgroup_version = self._cgroup_version
         try:
             host.idmap()
         except exception.NoSubordinateIds as e:
@@ -157,7 +173,7 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
             'disk_available_least': disk_free,
             'supported_instances': self._supported_instances(),
             'numa_topology': None,
-            'uuid': node.get_local_node_uuid(),
+            'uuid': self._node_uuid or node.get_local_node_uuid(),
         }
 
     def _supported_instances(self):
@@ -218,12 +234,8 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
         vifs.check_all(instance, network_info)   # before anything is made
         drive = configdrive.build(instance, injected_files, admin_password,
                                   network_info)
-        security = config.security_from_flavor(
-            instance.flavor.extra_specs, CONF.lxc.allow_privileged,
-            CONF.lxc.allow_nesting)
-        idmap = None if security.privileged else host.idmap()
-        image = self._images.get(context, instance, image_meta, idmap,
-                                 max_bytes=instance.flavor.root_gb << 30)
+        image, idmap, security = self._guests.setup(context, instance,
+                                                    image_meta)
         try:
             # The guest's devices must be on the host before liblxc can
             # move them in at start, and wired by Neutron before the
@@ -231,8 +243,8 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
             with vif_events.plugged(self.virtapi, instance, network_info,
                                     wait=power_on):
                 vifs.plug_all(instance, network_info)
-                self._define(instance, image, idmap, security,
-                             block_device_info, network_info, drive)
+                self._guests.define(instance, image, idmap, security,
+                                    block_device_info, network_info, drive)
             if power_on:
                 self._start(instance)
         except Exception:
@@ -241,73 +253,6 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
                 self._remove(instance)
         LOG.info('Container created from image %s', image_meta.id,
                  instance=instance)
-
-    def _define(self, instance, image, idmap, security,
-                block_device_info=None, network_info=(), drive=None):
-        cdir = container.container_dir(instance.uuid)
-        owner = (idmap.uid_start, idmap.gid_start) if idmap else (0, 0)
-        rootfs = self._backend.create(cdir, image.rootfs, *owner,
-                                      size_gb=instance.flavor.root_gb)
-        hostname = config.guest_hostname(instance.hostname, 'instance')
-        templates.render(self._backend.writable_root(cdir), image, owner,
-                         hostname, instance)
-        mounts = ephemeral.create(
-            cdir, ephemeral.wanted(instance, block_device_info), *owner)
-        swap = self._swap_accounting(instance)
-        limits = config.limits_from_flavor(
-            instance.flavor, host.cpus(), CONF.lxc.pids_max, instance.uuid,
-            swap_accounting=swap)
-        seccomp = self._seccomp_profile(cdir)
-        text = config.build(
-            instance_name=instance.name,
-            hostname=hostname, rootfs=rootfs, idmap=idmap,
-            security=security, limits=limits,
-            cgroup_version=self._cgroup_version or host.cgroup_version(),
-            init_kind=image.init_kind,
-            console_log=os.path.join(cdir, container.CONSOLE_LOG),
-            console_size_kb=CONF.lxc.console_log_size_kb,
-            lxcfs_path=CONF.lxc.lxcfs_path if host.lxcfs_active() else '',
-            seccomp_profile=seccomp, mounts=mounts,
-            guest_nics=config.nics(network_info),
-            readonly_mounts=configdrive.write(instance, cdir, drive),
-            environment=[('product_name', configdrive.PRODUCT_NAME)])
-        container.define(instance.uuid, text)
-
-    def _seccomp_profile(self, cdir):
-        """The seccomp policy file for a container ('' for none).
-
-        ``[lxc] seccomp_profile``, plus the backend's own rules when it has
-        some (in a copy in the container's directory).
-        """
-        base = CONF.lxc.seccomp_profile
-        base = base if base and os.path.exists(base) else ''
-        extra = getattr(self._backend, 'seccomp_rules', ())
-        if not extra:
-            return base
-        text = '2\ndenylist\n'
-        if base:
-            with open(base) as f:
-                text = f.read().rstrip('\n') + '\n'
-        path = os.path.join(cdir, 'seccomp')
-        fs.write_file(path, (text + '[all]\n' + '\n'.join(extra) +
-                             '\n').encode(), 0, 0, 0o644)
-        return path
-
-    @staticmethod
-    def _swap_accounting(instance):
-        """Whether the flavor's swap can be enforced; logs what it means."""
-        swap = host.swap_accounting()
-        if instance.flavor.swap and swap:
-            LOG.info('Flavor swap of %d MB: a container has no swap device; '
-                     'it may use that much of the host\'s swap (memory+swap '
-                     'cgroup limit).', instance.flavor.swap,
-                     instance=instance)
-        elif instance.flavor.swap:
-            LOG.warning('Flavor swap of %d MB not enforced: this host\'s '
-                        'memory cgroup does not account swap (boot with '
-                        'swapaccount=1 on cgroup v1).', instance.flavor.swap,
-                        instance=instance)
-        return swap
 
     def _start(self, instance):
         cdir = container.container_dir(instance.uuid)
@@ -357,6 +302,33 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
             self._unplug_quietly(instance, network_info)
         if destroy_disks:
             self._remove(instance)
+
+    # -- resize and cold migration (virt/migration.py) ---------------------
+
+    def migrate_disk_and_power_off(self, context, instance, dest, flavor,
+                                   network_info, block_device_info=None,
+                                   timeout=0, retry_interval=0):
+        return self._moves.migrate_disk_and_power_off(
+            context, instance, dest, flavor, network_info or [], timeout,
+            retry_interval)
+
+    def finish_migration(self, context, migration, instance, disk_info,
+                         network_info, image_meta, resize_instance,
+                         allocations, block_device_info=None, power_on=True,
+                         share_info=None):
+        self._moves.finish_migration(
+            context, migration, instance, disk_info, network_info,
+            image_meta, block_device_info, power_on)
+
+    def confirm_migration(self, context, migration, instance, network_info):
+        self._moves.confirm_migration(context, migration, instance,
+                                      network_info)
+
+    def finish_revert_migration(self, context, instance, network_info,
+                                migration, block_device_info=None,
+                                power_on=True, share_info=None):
+        self._moves.finish_revert_migration(
+            context, instance, network_info or [], migration, power_on)
 
     # -- networking --------------------------------------------------------
 
