@@ -11,6 +11,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -105,6 +106,82 @@ class GlanceUploads(fixtures.Fixture):
 
         self.useFixture(fixtures.MockPatchObject(
             self.glance, 'update', side_effect=update))
+
+
+class SshServer(fixtures.Fixture):
+    """A private sshd on a free loopback port, as the other compute host
+    of a move would run one: its own host key, root logins with one
+    generated key only, and the driver's ``[lxc] migration_ssh_*`` options
+    pointed at it (port, key, a known_hosts file with its key)."""
+
+    ADDRESS = '127.0.0.1'
+
+    def _setUp(self):
+        self.dir = tempfile.mkdtemp(prefix='nova-lxd-py-sshd-', dir='/var/tmp')
+        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
+        host_key = os.path.join(self.dir, 'host_key')
+        self.client_key = os.path.join(self.dir, 'client_key')
+        for key in (host_key, self.client_key):
+            subprocess.run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '',
+                            '-f', key], check=True, capture_output=True)
+        shutil.copy(self.client_key + '.pub',
+                    os.path.join(self.dir, 'authorized_keys'))
+        self.port = free_port()
+        with open(host_key + '.pub') as f:
+            public = f.read().split()[:2]
+        self.known_hosts = os.path.join(self.dir, 'known_hosts')
+        with open(self.known_hosts, 'w') as f:
+            f.write('[%s]:%d %s\n' % (self.ADDRESS, self.port,
+                                      ' '.join(public)))
+        config = os.path.join(self.dir, 'sshd_config')
+        with open(config, 'w') as f:
+            f.write('\n'.join([
+                'ListenAddress %s' % self.ADDRESS, 'Port %d' % self.port,
+                'HostKey %s' % host_key,
+                'AuthorizedKeysFile %s/authorized_keys' % self.dir,
+                'PermitRootLogin prohibit-password',
+                'PasswordAuthentication no', 'KbdInteractiveAuthentication no',
+                'UsePAM no', 'StrictModes no',
+                'PidFile %s/sshd.pid' % self.dir, '']))
+        os.makedirs('/run/sshd', mode=0o755, exist_ok=True)
+        self.process = subprocess.Popen(
+            ['/usr/sbin/sshd', '-D', '-e', '-f', config],
+            stdout=subprocess.DEVNULL, stderr=open(
+                os.path.join(self.dir, 'sshd.log'), 'wb'))
+        self.addCleanup(self.stop)
+        wait_for_port(self.ADDRESS, self.port, self.process)
+        for name, value in (('migration_ssh_port', self.port),
+                            ('migration_ssh_identity_file', self.client_key),
+                            ('migration_ssh_known_hosts_file',
+                             self.known_hosts),
+                            ('migration_ssh_user', 'root')):
+            CONF.set_override(name, value, group='lxc')
+            self.addCleanup(CONF.clear_override, name, group='lxc')
+
+    def stop(self):
+        """As a host that died: no more connections."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(address, port, process, seconds=10):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError('the server exited at start (%d)' %
+                               process.returncode)
+        with socket.socket() as s:
+            if s.connect_ex((address, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError('nothing listens on %s:%d' % (address, port))
 
 
 def mounts_under(path):
