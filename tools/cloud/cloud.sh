@@ -55,6 +55,8 @@ MYSQL_PORT=3306
 RABBIT_PORT=5672
 RABBIT_DIST_PORT=25672
 FLAVOR=container.tiny
+# A multi-host cloud's resize target (also Tempest's flavor_ref_alt there).
+FLAVOR_BIGGER=container.small
 IMAGE=busybox-guest
 # The servers' network (VXLAN, DHCP): its range overlaps nothing on the
 # host (RFC 2544's 198.18.0.0/15; the functional tests' guests use
@@ -622,6 +624,10 @@ flavor_and_image() {
     db_has "SELECT 1 FROM nova_api.flavors WHERE name='$FLAVOR'" ||
         run flavor "$log" osc flavor create --vcpus 1 --ram 256 --disk 1 --public \
             --property "trait:$CONTAINER_TRAIT=required" "$FLAVOR"
+    if multi && ! db_has "SELECT 1 FROM nova_api.flavors WHERE name='$FLAVOR_BIGGER'"; then
+        run flavor "$log" osc flavor create --vcpus 1 --ram 320 --disk 2 --public \
+            --property "trait:$CONTAINER_TRAIT=required" "$FLAVOR_BIGGER"
+    fi
     if ! db_has "SELECT 1 FROM glance.images WHERE name='$IMAGE'
                  AND status='active' AND deleted=0"; then
         run image "$log" "$VENV/bin/python" -m nova_lxd_py.tests.guest_image "$tarball"
@@ -681,7 +687,10 @@ demo() {
         -c OS-EXT-SRV-ATTR:host -c addresses -c image -c created ||
         fail nova-api "$LOGS/nova-api.log" "'openstack server show' failed"
     if multi; then
-        echo "\$ nsenter --mount=$NS_DIR/hostI --net=/run/netns/nova-lxd-py-hostI -- lxc-attach -n $id -P $HOST_STATE/nova/instances/containers -- /bin/ps"
+        local i
+        i=$(host_index "$(mysql_cli -N -e "SELECT host FROM nova_cell1.instances
+            WHERE uuid='$id' AND deleted=0")")
+        echo "\$ nsenter --mount=$NS_DIR/host$i --net=/run/netns/$(host_netns "$i") -- lxc-attach -n $id -P $HOST_STATE/nova/instances/containers -- /bin/ps"
     else
         echo "\$ lxc-attach -n $id -P $CONTAINER_PATH -- /bin/ps"
     fi
@@ -946,11 +955,51 @@ cmd_status() {
 cmd_smoke() {
     need_root
     mkdir -p "$LOGS"
+    if multi; then
+        # The single-host steps on the first compute host, through its
+        # namespaces; then the multi-host ones (multihost.py).
+        local i hosts="" prefix
+        for i in $(seq 1 "$COMPUTES"); do
+            prefix="nsenter --mount=$NS_DIR/host$i --net=/run/netns/$(host_netns "$i") --"
+            hosts="$hosts${hosts:+, }\"$(host_name "$i")\": \"$prefix\""
+        done
+        OS_CLIENT_CONFIG_FILE=$ETC/clouds.yaml PATH=$VENV/bin:$PATH \
+            "$VENV/bin/python" "$HERE/smoke.py" --cloud "$CLOUD" --flavor "$FLAVOR" \
+            --image "$IMAGE" --network "$NETWORK" --ovs-netns "$(host_netns 1)" \
+            --container-path "$HOST_STATE/nova/instances/containers" \
+            --host "$(host_name 1)" --zone "nova:$(host_name 1)" \
+            --host-exec "nsenter --mount=$NS_DIR/host1 --net=/run/netns/$(host_netns 1) --" \
+            --no-serial-console --multihost "{$hosts}" --flavor-bigger "$FLAVOR_BIGGER" \
+            --cloud-sh "$HERE/cloud.sh" \
+            --logs "$LOGS" --timings "$LOGS/timings-smoke.txt"
+        return
+    fi
     OS_CLIENT_CONFIG_FILE=$ETC/clouds.yaml PATH=$VENV/bin:$PATH \
         "$VENV/bin/python" "$HERE/smoke.py" --cloud "$CLOUD" --flavor "$FLAVOR" \
         --image "$IMAGE" --network "$NETWORK" --ovs-netns "$NETNS" \
         --container-path "$CONTAINER_PATH" --host "$HOST_NAME" \
         --logs "$LOGS" --timings "$LOGS/timings-smoke.txt"
+}
+
+# compute kill|start HOST: end a compute host's nova-compute as a crash
+# would (SIGKILL, its containers stopped in its namespaces: what a host
+# that died loses), or start it again (smoke's evacuation steps).
+cmd_compute() {
+    need_root
+    local action=${1:-} i
+    multi && i=$(host_index "${2:-}") ||
+        { echo "usage: cloud.sh compute kill|start HOST (a multi-host cloud's)" >&2; exit 2; }
+    case $action in
+        kill)
+            if alive "nova-compute.host$i"; then
+                kill -KILL "$(cat "$RUN/nova-compute.host$i.pid")"
+                rm -f "$RUN/nova-compute.host$i.pid"
+            fi
+            stop_privsep_helpers "$(host_etc "$i")/"
+            stop_host_containers "$i" ;;
+        start) start_host_services "$i" ;;
+        *) echo "usage: cloud.sh compute kill|start HOST" >&2; exit 2 ;;
+    esac
 }
 
 case "${1:-}" in
@@ -959,5 +1008,6 @@ case "${1:-}" in
     down|stop) shift; cmd_down "$@" ;;
     status) cmd_status ;;
     smoke) cmd_smoke ;;
+    compute) shift; cmd_compute "$@" ;;
     *) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2 ;;
 esac
