@@ -887,10 +887,10 @@ cmd_down() {
     need_root
     local wipe=0
     [ "${1:-}" = --wipe ] && wipe=1
-    # shellcheck disable=SC2086
-    stop_pids $SERVICES
-    # shellcheck disable=SC2086
-    stop_pids $RELAYS
+    # shellcheck disable=SC2046,SC2086
+    stop_pids $SERVICES $(host_services_found)
+    # shellcheck disable=SC2046,SC2086
+    stop_pids $RELAYS $(host_relays_found)
     stop_privsep_helpers
     stop_containers
     # Every compute host left, whatever the count up was given.
@@ -919,7 +919,8 @@ cmd_down() {
 # descendants (workers, privsep daemons, relays), containers excluded.
 memory_mib() {
     local roots="" name pid kib=0
-    for name in rabbitmq mariadb $SERVICES $RELAYS ovsdb-server ovs-vswitchd; do
+    for name in rabbitmq mariadb $SERVICES $RELAYS ovsdb-server ovs-vswitchd \
+            $(multi && host_pid_names); do
         alive "$name" && roots="$roots $(cat "$RUN/$name.pid")"
     done
     for pid in $(ps -eo pid=,ppid= | awk -v roots="$roots" '

@@ -377,6 +377,23 @@ stop_host_containers() {  # stop_host_containers I
     done
 }
 
+# The services of every compute host left: down stops them with the
+# control plane's, at once (OVS agents hang 15 s in their graceful stop),
+# and the relays after them.
+host_services_found() {
+    local i
+    for i in $(host_indexes_found); do echo "nova-compute.host$i neutron-ovs-agent.host$i"; done
+}
+
+host_relays_found() {
+    local i p
+    for i in $(host_indexes_found); do
+        echo "sshd.host$i rabbit-relay.host$i"
+        for p in $CONTROL_PORTS; do echo "api-relay-$p.host$i"; done
+    done
+    for p in $CONTROL_PORTS; do echo "api-relay-$p"; done
+}
+
 stop_host() {  # stop_host I: every process, mount, namespace of host I
     local i=$1 name pids pid mnt
     # shellcheck disable=SC2046
@@ -441,6 +458,16 @@ wipe_hosts() {
 }
 
 # ------------------------------------------------------------------ status
+
+host_pid_names() {  # the pid file names of every compute host's daemons
+    local i p
+    for i in $(seq 1 "$COMPUTES"); do
+        echo "nova-compute.host$i neutron-ovs-agent.host$i ovsdb-server.host$i" \
+            "ovs-vswitchd.host$i sshd.host$i rabbit-relay.host$i"
+        for p in $CONTROL_PORTS; do echo "api-relay-$p.host$i"; done
+    done
+    for p in $CONTROL_PORTS; do echo "api-relay-$p"; done
+}
 
 status_hosts() {
     local i name state
