@@ -20,6 +20,8 @@
 #                                      on a lab network; see hosts.sh, README.md)
 #   tools/cloud/cloud.sh smoke         server lifecycle test through the real APIs
 #   tools/cloud/cloud.sh status        which services run
+#   tools/cloud/cloud.sh compute kill|start HOST   a compute host's nova-compute
+#                                      dies (containers stopped) / starts again
 #   tools/cloud/cloud.sh down [--wipe] stop everything (also: stop); --wipe also
 #                                      deletes the state (databases, images,
 #                                      logs) and the clouds.yaml entry, not the venv
