@@ -326,6 +326,12 @@ write_configs() {
     render glance-api.conf "$ETC/glance/glance-api.conf"
     cp "$VENV/etc/glance/glance-api-paste.ini" "$ETC/glance/"
     render nova.conf "$ETC/nova/nova.conf"
+    if multi; then
+        # With several hosts, the hints that place servers side by side or
+        # apart (Tempest's multi-node tests use them).
+        printf '\n[filter_scheduler]\nenabled_filters = %s\n' "$MULTI_FILTERS" \
+            >>"$ETC/nova/nova.conf"
+    fi
     cp "$VENV/etc/nova/api-paste.ini" "$ETC/nova/"
     printf '[DEFAULT]\nlog_file = %s/nova-api.log\n' "$LOGS" >"$ETC/nova/nova-api-log.conf"
     printf '[DEFAULT]\nlog_file = %s/nova-metadata.log\n' "$LOGS" \

@@ -27,6 +27,8 @@ HOST_DISK_GB=20
 NS_DIR=$RUN/ns               # the mount namespaces' files
 HOST_STATE=$BASE/host-state  # each host's disk, mounted in its namespace
 SSH_DIR=$ETC/ssh             # the migration key pair and known_hosts
+# Nova's default scheduler filters and the host hints (nova.conf).
+MULTI_FILTERS=ComputeFilter,ComputeCapabilitiesFilter,ImagePropertiesFilter,ServerGroupAntiAffinityFilter,ServerGroupAffinityFilter,SameHostFilter,DifferentHostFilter
 # Control-plane ports a compute host reaches on its own 127.0.0.1.
 CONTROL_PORTS="5000 8778 9292 9696"
 

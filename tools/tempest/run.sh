@@ -140,7 +140,7 @@ ensure_image_alt() {
 
 write_config() {  # write_config MODE
     local mode=$1 auth image image_alt flavor flavor_alt neutron=false shared
-    local min_computes=1 moves=false computes
+    local min_computes=1 moves=false computes filters="# (Tempest's default)"
     [ -x "$OSC_BIN" ] || die "no $OSC_BIN: is the cloud installed (tools/cloud/cloud.sh up)?"
     auth=$(cloud_auth) || die "no cloud '$CLOUD' in $OS_CLIENT_CONFIG_FILE: run tools/cloud/cloud.sh up"
     local AUTH_URL ADMIN_USER ADMIN_PASSWORD ADMIN_PROJECT ADMIN_DOMAIN \
@@ -158,6 +158,8 @@ write_config() {  # write_config MODE
             die "moves needs a multi-host cloud: tools/cloud/cloud.sh up --computes 2"
         min_computes=2
         moves=true
+        # Nova's defaults and the host hints the multi-host cloud enables.
+        filters="scheduler_enabled_filters = ComputeFilter,ComputeCapabilitiesFilter,ImagePropertiesFilter,ServerGroupAntiAffinityFilter,ServerGroupAffinityFilter,SameHostFilter,DifferentHostFilter"
         flavor_alt=$(ensure_flavor_bigger) || die "could not make flavor $FLAVOR_BIGGER"
     fi
     if osc network list -f value -c ID >/dev/null 2>&1; then
@@ -182,7 +184,7 @@ write_config() {  # write_config MODE
         -e "s|@FLAVOR_REF@|$flavor|g" -e "s|@FLAVOR_REF_ALT@|$flavor_alt|g" \
         -e "s|@BUILD_TIMEOUT@|${NOVA_LXD_PY_TEMPEST_BUILD_TIMEOUT:-180}|g" \
         -e "s|@NEUTRON@|$neutron|g" -e "s|@MIN_COMPUTE_NODES@|$min_computes|g" \
-        -e "s|@MOVES@|$moves|g" \
+        -e "s|@MOVES@|$moves|g" -e "s|@SCHEDULER_FILTERS@|$filters|g" \
         "$HERE/tempest.conf.in" >"$WORKSPACE/etc/tempest.conf.tmp"
     chmod 600 "$WORKSPACE/etc/tempest.conf.tmp"
     mv "$WORKSPACE/etc/tempest.conf.tmp" "$WORKSPACE/etc/tempest.conf"
