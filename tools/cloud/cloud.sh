@@ -1004,7 +1004,8 @@ cmd_compute() {
                 kill -KILL "$(cat "$RUN/nova-compute.host$i.pid")"
                 rm -f "$RUN/nova-compute.host$i.pid"
             fi
-            stop_privsep_helpers "$(host_etc "$i")/"
+            # nova-compute's privsep daemons, not the OVS agent's.
+            stop_privsep_helpers "$(host_etc "$i")/nova-compute.conf"
             stop_host_containers "$i" ;;
         start) start_host_services "$i" ;;
         *) echo "usage: cloud.sh compute kill|start HOST" >&2; exit 2 ;;

@@ -312,7 +312,7 @@ restart_host_computes_if_changed() {
                 [ "$(cat "$RUN/nova-compute.driver" 2>/dev/null)" != "$digest" ]; then
             echo "   the driver changed: restarting nova-compute on $(host_name "$i")"
             stop_pids "nova-compute.host$i"
-            stop_privsep_helpers "$(host_etc "$i")/"
+            stop_privsep_helpers "$(host_etc "$i")/nova-compute.conf"
         fi
     done
     echo "$digest" >"$RUN/nova-compute.driver"
