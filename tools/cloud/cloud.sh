@@ -15,8 +15,13 @@
 # Usage (as root, on Debian 12 or 13):
 #   tools/cloud/cloud.sh install       apt packages + a venv from PyPI (up runs it)
 #   tools/cloud/cloud.sh up            start the cloud, boot and show server 'demo'
+#   tools/cloud/cloud.sh up --computes N   ... with N compute hosts (N >= 2: each
+#                                      in network and mount namespaces of its own,
+#                                      on a lab network; see hosts.sh, README.md)
 #   tools/cloud/cloud.sh smoke         server lifecycle test through the real APIs
 #   tools/cloud/cloud.sh status        which services run
+#   tools/cloud/cloud.sh compute kill|start HOST   a compute host's nova-compute
+#                                      dies (containers stopped) / starts again
 #   tools/cloud/cloud.sh down [--wipe] stop everything (also: stop); --wipe also
 #                                      deletes the state (databases, images,
 #                                      logs) and the clouds.yaml entry, not the venv
@@ -52,6 +57,8 @@ MYSQL_PORT=3306
 RABBIT_PORT=5672
 RABBIT_DIST_PORT=25672
 FLAVOR=container.tiny
+# A multi-host cloud's resize target (also Tempest's flavor_ref_alt there).
+FLAVOR_BIGGER=container.small
 IMAGE=busybox-guest
 # The servers' network (VXLAN, DHCP): its range overlaps nothing on the
 # host (RFC 2544's 198.18.0.0/15; the functional tests' guests use
@@ -69,7 +76,8 @@ PIP_PACKAGES="keystone glance openstack-placement nova neutron
 APT_PACKAGES="rabbitmq-server mariadb-server openvswitch-switch socat
     dnsmasq-base haproxy iptables ethtool iputils-ping
     curl iproute2 procps lxc lxc-dev lxcfs uidmap busybox-static gcc
-    pkg-config python3-dev python3-venv"
+    pkg-config python3-dev python3-venv openssh-server openssh-client rsync
+    e2fsprogs util-linux"
 
 # Stopped in this order; the relays only once the OVS agent is gone (it hangs
 # in its graceful stop without RabbitMQ), RabbitMQ and MariaDB last.
@@ -77,6 +85,12 @@ SERVICES="nova-compute nova-serialproxy nova-scheduler nova-conductor
     nova-metadata nova-api neutron-metadata-agent neutron-dhcp-agent
     neutron-ovs-agent neutron-rpc-server neutron-api glance placement keystone"
 RELAYS="rabbit-relay-netns rabbit-relay-host"
+# How many compute hosts: `up --computes N` records it for the other
+# commands (1: the single host of the root namespaces).
+COMPUTES=$(cat "$RUN/computes" 2>/dev/null || echo 1)
+# shellcheck source=tools/cloud/hosts.sh
+. "$HERE/hosts.sh"
+multi() { [ "$COMPUTES" -gt 1 ]; }
 
 # ------------------------------------------------------------------ helpers
 
@@ -174,7 +188,10 @@ render() {  # render TEMPLATE DEST
     sed -e "s|@BASE@|$BASE|g" -e "s|@ETC@|$ETC|g" -e "s|@LOGS@|$LOGS|g" \
         -e "s|@RUN@|$RUN|g" -e "s|@DATA@|$DATA|g" -e "s|@VENV@|$VENV|g" \
         -e "s|@OVS_RUN@|$OVS_RUN|g" -e "s|@HOST@|$HOST_NAME|g" \
-        -e "s|@NETNS@|$NETNS|g" \
+        -e "s|@NETNS@|$NETNS|g" -e "s|@HOST_STATE@|$HOST_STATE|g" \
+        -e "s|@LAB_IP@|${LAB_IP:-}|g" -e "s|@HOST_CONF@|${HOST_CONF:-}|g" \
+        -e "s|@LOCAL_IP@|${LOCAL_IP:-127.0.0.1}|g" \
+        -e "s|@AGENT_LOG@|${AGENT_LOG:-neutron-ovs-agent}|g" \
         -e "s|@DEBUG@|$DEBUG|g" -e "s|@KEYSTONE@|$KEYSTONE_URL|g" \
         -e "s|@MYSQL_PORT@|$MYSQL_PORT|g" -e "s|@RABBIT_PORT@|$RABBIT_PORT|g" \
         -e "s|@DB@|mysql+pymysql://cloud:$(secret db)@127.0.0.1:$MYSQL_PORT|g" \
@@ -309,13 +326,28 @@ write_configs() {
     render glance-api.conf "$ETC/glance/glance-api.conf"
     cp "$VENV/etc/glance/glance-api-paste.ini" "$ETC/glance/"
     render nova.conf "$ETC/nova/nova.conf"
+    if multi; then
+        # With several hosts, the hints that place servers side by side or
+        # apart (Tempest's multi-node tests use them).
+        printf '\n[filter_scheduler]\nenabled_filters = %s\n' "$MULTI_FILTERS" \
+            >>"$ETC/nova/nova.conf"
+    fi
     cp "$VENV/etc/nova/api-paste.ini" "$ETC/nova/"
     printf '[DEFAULT]\nlog_file = %s/nova-api.log\n' "$LOGS" >"$ETC/nova/nova-api-log.conf"
     printf '[DEFAULT]\nlog_file = %s/nova-metadata.log\n' "$LOGS" \
         >"$ETC/nova/nova-metadata-log.conf"
-    render neutron.conf "$ETC/neutron/neutron.conf"
+    if multi; then
+        # The network node's agents (DHCP, metadata, OVS with a lab address
+        # for the tunnels) are a host of their own beside the computes.
+        HOST_NAME=$NETWORK_HOST render neutron.conf "$ETC/neutron/neutron.conf"
+        LOCAL_IP=$NETWORK_LAB_IP render openvswitch_agent.ini \
+            "$ETC/neutron/openvswitch_agent.ini"
+        write_host_configs
+    else
+        render neutron.conf "$ETC/neutron/neutron.conf"
+        render openvswitch_agent.ini "$ETC/neutron/openvswitch_agent.ini"
+    fi
     render ml2_conf.ini "$ETC/neutron/ml2_conf.ini"
-    render openvswitch_agent.ini "$ETC/neutron/openvswitch_agent.ini"
     render dhcp_agent.ini "$ETC/neutron/dhcp_agent.ini"
     render metadata_agent.ini "$ETC/neutron/metadata_agent.ini"
     cp "$VENV/etc/neutron/api-paste.ini" "$ETC/neutron/"
@@ -521,8 +553,16 @@ start_services() {
     alive nova-serialproxy || port_free 6083 nova-serialproxy
     start nova-serialproxy "$VENV/bin/nova-serialproxy" \
         --config-file "$ETC/nova/nova.conf" --log-file "$LOGS/nova-serialproxy.log"
-    restart_compute_if_changed
-    for s in conductor scheduler compute; do
+    local services="conductor scheduler compute" i
+    if multi; then
+        # No compute in the host's namespaces: one per compute host.
+        services="conductor scheduler"
+        restart_host_computes_if_changed
+        for i in $(seq 1 "$COMPUTES"); do start_host_services "$i"; done
+    else
+        restart_compute_if_changed
+    fi
+    for s in $services; do
         start "nova-$s" env PATH="$VENV/bin:$PATH" "$VENV/bin/nova-$s" \
             --config-file "$ETC/nova/nova.conf" --log-file "$LOGS/nova-$s.log"
     done
@@ -534,35 +574,36 @@ start_services() {
     wait_api nova-serialproxy 6083 "$LOGS/nova-serialproxy.log"
 }
 
-compute_registered() {
+compute_registered() {  # compute_registered [HOST]
     db_has "SELECT 1 FROM nova_cell1.compute_nodes
-        WHERE host='$HOST_NAME' AND deleted=0"
+        WHERE host='${1:-$HOST_NAME}' AND deleted=0"
 }
 
-trait_reported() {
+trait_reported() {  # trait_reported [COUNT]: by COUNT providers (1)
     db_has "SELECT 1 FROM placement.resource_provider_traits rpt
         JOIN placement.traits t ON t.id = rpt.trait_id
-        WHERE t.name = '$CONTAINER_TRAIT'"
+        WHERE t.name = '$CONTAINER_TRAIT' HAVING COUNT(*) >= ${1:-1}"
 }
 
-agent_alive() {  # agent_alive TYPE
-    db_has "SELECT 1 FROM neutron.agents WHERE host='$HOST_NAME'
+agent_alive() {  # agent_alive TYPE [HOST]
+    db_has "SELECT 1 FROM neutron.agents WHERE host='${2:-$HOST_NAME}'
         AND agent_type='$1'
         AND heartbeat_timestamp > UTC_TIMESTAMP() - INTERVAL 75 SECOND"
 }
 
-host_mapped() {
-    db_has "SELECT 1 FROM nova_api.host_mappings WHERE host='$HOST_NAME'"
+host_mapped() {  # host_mapped [HOST]
+    db_has "SELECT 1 FROM nova_api.host_mappings WHERE host='${1:-$HOST_NAME}'"
 }
 
-map_host() {
+map_host() {  # map_host [HOST]
     # --strict exits 1 when there was nothing new to map.
     "$VENV/bin/nova-manage" --config-file "$ETC/nova/nova.conf" cell_v2 \
         discover_hosts --strict >>"$LOGS/nova-manage.log" 2>&1 || true
-    host_mapped
+    host_mapped "$@"
 }
 
 discover_compute() {
+    if multi; then discover_hosts_multi; return; fi
     wait_for nova-compute "$LOGS/nova-compute.log" 180 compute_registered
     host_mapped || wait_for nova-manage "$LOGS/nova-manage.log" 60 map_host
     wait_for nova-compute "$LOGS/nova-compute.log" 120 trait_reported
@@ -591,6 +632,10 @@ flavor_and_image() {
     db_has "SELECT 1 FROM nova_api.flavors WHERE name='$FLAVOR'" ||
         run flavor "$log" osc flavor create --vcpus 1 --ram 256 --disk 1 --public \
             --property "trait:$CONTAINER_TRAIT=required" "$FLAVOR"
+    if multi && ! db_has "SELECT 1 FROM nova_api.flavors WHERE name='$FLAVOR_BIGGER'"; then
+        run flavor "$log" osc flavor create --vcpus 1 --ram 320 --disk 2 --public \
+            --property "trait:$CONTAINER_TRAIT=required" "$FLAVOR_BIGGER"
+    fi
     if ! db_has "SELECT 1 FROM glance.images WHERE name='$IMAGE'
                  AND status='active' AND deleted=0"; then
         run image "$log" "$VENV/bin/python" -m nova_lxd_py.tests.guest_image "$tarball"
@@ -605,8 +650,24 @@ publish_clouds_yaml() {
         "$KEYSTONE_URL" "$(secret admin)"
 }
 
+# in_server_host SERVER_ID COMMAND...: COMMAND where the server's
+# container is (its host's namespaces on a multi-host cloud).
+in_server_host() {
+    local id=$1 host
+    shift
+    if multi; then
+        host=$(mysql_cli -N -e "SELECT host FROM nova_cell1.instances
+            WHERE uuid='$id' AND deleted=0")
+        hx "$(host_index "$host")" "$@"
+    else
+        "$@"
+    fi
+}
+
 guest_ps() {  # guest_ps SERVER_ID
-    lxc-attach -n "$1" -P "$CONTAINER_PATH" -- /bin/ps
+    local path=$CONTAINER_PATH
+    multi && path=$HOST_STATE/nova/instances/containers
+    in_server_host "$1" lxc-attach -n "$1" -P "$path" -- /bin/ps
 }
 
 network_id() {
@@ -633,7 +694,14 @@ demo() {
     osc server show "$id" -c id -c name -c status -c OS-EXT-STS:power_state \
         -c OS-EXT-SRV-ATTR:host -c addresses -c image -c created ||
         fail nova-api "$LOGS/nova-api.log" "'openstack server show' failed"
-    echo "\$ lxc-attach -n $id -P $CONTAINER_PATH -- /bin/ps"
+    if multi; then
+        local i
+        i=$(host_index "$(mysql_cli -N -e "SELECT host FROM nova_cell1.instances
+            WHERE uuid='$id' AND deleted=0")")
+        echo "\$ nsenter --mount=$NS_DIR/host$i --net=/run/netns/$(host_netns "$i") -- lxc-attach -n $id -P $HOST_STATE/nova/instances/containers -- /bin/ps"
+    else
+        echo "\$ lxc-attach -n $id -P $CONTAINER_PATH -- /bin/ps"
+    fi
     guest_ps "$id" || fail nova-compute "$LOGS/nova-compute.log" \
         "no command runs in the guest (lxc-attach exited $?)"
     address=$(osc port list --server "$id" -f value -c 'Fixed IP Addresses' |
@@ -648,7 +716,28 @@ demo() {
 
 cmd_up() {
     need_root
+    local computes=1
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --computes) computes=${2:-}; shift 2 ;;
+            --computes=*) computes=${1#*=}; shift ;;
+            *) echo "up: unknown argument $1" >&2; exit 2 ;;
+        esac
+    done
+    case $computes in
+        [1-9]|[1-9][0-9]) ;;
+        *) echo "up: --computes takes a number from 1 to 99" >&2; exit 2 ;;
+    esac
+    # The databases remember the hosts: another count needs a wipe.
+    if [ -f "$DATA/.computes" ] && [ "$(cat "$DATA/.computes")" != "$computes" ]; then
+        echo "up: this cloud was made with $(cat "$DATA/.computes") compute host(s);" \
+            "run 'cloud.sh down --wipe' first" >&2
+        exit 1
+    fi
+    COMPUTES=$computes
     make_dirs
+    echo "$COMPUTES" >"$RUN/computes"
+    echo "$COMPUTES" >"$DATA/.computes"
     TIMINGS=$LOGS/timings.txt
     : >"$TIMINGS"
     local t0
@@ -666,6 +755,7 @@ cmd_up() {
     phase keystone-api start_keystone
     phase keystone-seed seed_keystone
     phase openvswitch start_openvswitch
+    multi && phase compute-hosts make_hosts
     phase db-sync wait_databases
     phase services start_services
     phase compute-discovered discover_compute
@@ -805,12 +895,14 @@ cmd_down() {
     need_root
     local wipe=0
     [ "${1:-}" = --wipe ] && wipe=1
-    # shellcheck disable=SC2086
-    stop_pids $SERVICES
-    # shellcheck disable=SC2086
-    stop_pids $RELAYS
+    # shellcheck disable=SC2046,SC2086
+    stop_pids $SERVICES $(host_services_found)
+    # shellcheck disable=SC2046,SC2086
+    stop_pids $RELAYS $(host_relays_found)
     stop_privsep_helpers
     stop_containers
+    # Every compute host left, whatever the count up was given.
+    stop_hosts
     stop_dhcp
     stop_openvswitch
     stop_mariadb
@@ -821,9 +913,11 @@ cmd_down() {
         fi
         rmdir "$(dirname "$SYSTEM_CLOUDS_YAML")" 2>/dev/null || true
         unmount_under "$DATA"
+        wipe_hosts
         rm -rf "$DATA" "$ETC" "$RUN" "$LOGS" "$OVS_RUN"
         echo "   wiped $BASE (the venv is kept)"
     fi
+    rm -f "$RUN/computes"
     echo "down."
 }
 
@@ -833,7 +927,8 @@ cmd_down() {
 # descendants (workers, privsep daemons, relays), containers excluded.
 memory_mib() {
     local roots="" name pid kib=0
-    for name in rabbitmq mariadb $SERVICES $RELAYS ovsdb-server ovs-vswitchd; do
+    for name in rabbitmq mariadb $SERVICES $RELAYS ovsdb-server ovs-vswitchd \
+            $(multi && host_pid_names); do
         alive "$name" && roots="$roots $(cat "$RUN/$name.pid")"
     done
     for pid in $(ps -eo pid=,ppid= | awk -v roots="$roots" '
@@ -855,6 +950,7 @@ cmd_status() {
         else state="stopped"; fi
         printf '  %-22s %s\n' "$name" "$state"
     done
+    multi && status_hosts
     echo "  memory (PSS of all of them): $(memory_mib) MiB"
     if alive nova-api && alive neutron-api; then
         osc compute service list -c Binary -c Host -c State -c Status 2>/dev/null || true
@@ -868,6 +964,25 @@ cmd_status() {
 cmd_smoke() {
     need_root
     mkdir -p "$LOGS"
+    if multi; then
+        # The single-host steps on the first compute host, through its
+        # namespaces; then the multi-host ones (multihost.py).
+        local i hosts="" prefix
+        for i in $(seq 1 "$COMPUTES"); do
+            prefix="nsenter --mount=$NS_DIR/host$i --net=/run/netns/$(host_netns "$i") --"
+            hosts="$hosts${hosts:+, }\"$(host_name "$i")\": \"$prefix\""
+        done
+        OS_CLIENT_CONFIG_FILE=$ETC/clouds.yaml PATH=$VENV/bin:$PATH \
+            "$VENV/bin/python" "$HERE/smoke.py" --cloud "$CLOUD" --flavor "$FLAVOR" \
+            --image "$IMAGE" --network "$NETWORK" --ovs-netns "$(host_netns 1)" \
+            --container-path "$HOST_STATE/nova/instances/containers" \
+            --host "$(host_name 1)" --zone "nova:$(host_name 1)" \
+            --host-exec "nsenter --mount=$NS_DIR/host1 --net=/run/netns/$(host_netns 1) --" \
+            --no-serial-console --multihost "{$hosts}" --flavor-bigger "$FLAVOR_BIGGER" \
+            --cloud-sh "$HERE/cloud.sh" \
+            --logs "$LOGS" --timings "$LOGS/timings-smoke.txt"
+        return
+    fi
     OS_CLIENT_CONFIG_FILE=$ETC/clouds.yaml PATH=$VENV/bin:$PATH \
         "$VENV/bin/python" "$HERE/smoke.py" --cloud "$CLOUD" --flavor "$FLAVOR" \
         --image "$IMAGE" --network "$NETWORK" --ovs-netns "$NETNS" \
@@ -875,11 +990,34 @@ cmd_smoke() {
         --logs "$LOGS" --timings "$LOGS/timings-smoke.txt"
 }
 
+# compute kill|start HOST: end a compute host's nova-compute as a crash
+# would (SIGKILL, its containers stopped in its namespaces: what a host
+# that died loses), or start it again (smoke's evacuation steps).
+cmd_compute() {
+    need_root
+    local action=${1:-} i
+    multi && i=$(host_index "${2:-}") ||
+        { echo "usage: cloud.sh compute kill|start HOST (a multi-host cloud's)" >&2; exit 2; }
+    case $action in
+        kill)
+            if alive "nova-compute.host$i"; then
+                kill -KILL "$(cat "$RUN/nova-compute.host$i.pid")"
+                rm -f "$RUN/nova-compute.host$i.pid"
+            fi
+            # nova-compute's privsep daemons, not the OVS agent's.
+            stop_privsep_helpers "$(host_etc "$i")/nova-compute.conf"
+            stop_host_containers "$i" ;;
+        start) start_host_services "$i" ;;
+        *) echo "usage: cloud.sh compute kill|start HOST" >&2; exit 2 ;;
+    esac
+}
+
 case "${1:-}" in
     install) cmd_install ;;
-    up) cmd_up ;;
+    up) shift; cmd_up "$@" ;;
     down|stop) shift; cmd_down "$@" ;;
     status) cmd_status ;;
     smoke) cmd_smoke ;;
-    *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2 ;;
+    compute) shift; cmd_compute "$@" ;;
+    *) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2 ;;
 esac

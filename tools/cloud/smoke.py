@@ -19,6 +19,12 @@ and the config drive at /config-drive (which it cannot write), and it
 types a command into its serial console through nova-serialproxy's
 websocket, the way Horizon's console does.
 
+On a multi-host cloud (``cloud.sh up --computes N``) the same steps run
+on its first compute host, through that host's namespaces (``--host-exec``,
+the server placed there with ``--zone``; no serial console), and the steps
+of ``multihost.py`` follow: servers on two hosts, VXLAN between them, and
+the moves (resize, cold migration, evacuate) when the driver has them.
+
 Run by ``tools/cloud/cloud.sh smoke`` (as root). Prints each step's time
 and a closing ``smoke: N passed, N failed`` line; exits 1 on any failure.
 """
@@ -30,6 +36,7 @@ import json
 import os
 import random
 import re
+import shlex
 import socket
 import struct
 import subprocess
@@ -55,6 +62,10 @@ CONSOLE_SECONDS = 20
 
 class StepFailed(Exception):
     pass
+
+
+class NotRun(Exception):
+    """A step this cloud or driver has nothing to test for (N/A)."""
 
 
 def check(condition, message):
@@ -171,6 +182,14 @@ class Smoke:
 
     # -- tools -------------------------------------------------------------
 
+    def on_host(self, argv, **kwargs):
+        """Run ``argv`` on the compute host (in its namespaces, if it has
+        its own); the CompletedProcess."""
+        prefix = shlex.split(self.args.host_exec or '')
+        kwargs.setdefault('capture_output', True)
+        kwargs.setdefault('timeout', 60)
+        return subprocess.run(prefix + list(argv), **kwargs)
+
     def osc(self, *argv):
         cmd = ['openstack', '--os-cloud', self.args.cloud] + list(argv)
         proc = subprocess.run(cmd, capture_output=True, text=True,
@@ -181,8 +200,7 @@ class Smoke:
 
     def lxc(self, tool, *argv):
         cmd = [tool, '-n', self.server_id, '-P', self.args.container_path]
-        proc = subprocess.run(cmd + list(argv), capture_output=True,
-                              text=True, timeout=60)
+        proc = self.on_host(cmd + list(argv), text=True)
         return proc.returncode, proc.stdout.strip() + proc.stderr.strip()
 
     def lxc_state(self):
@@ -217,10 +235,9 @@ class Smoke:
 
     def guest(self, *argv):
         """Run ``argv`` in the guest; the CompletedProcess (bytes)."""
-        return subprocess.run(
+        return self.on_host(
             ['lxc-attach', '-n', self.server_id, '-P',
-             self.args.container_path, '--'] + list(argv),
-            capture_output=True, timeout=60)
+             self.args.container_path, '--'] + list(argv))
 
     def guest_http(self, url):
         """GET ``url`` from inside the guest (busybox wget; its own -T
@@ -335,12 +352,14 @@ class Smoke:
             f.write(self.user_data)
             f.flush()
             self.created_at = time.monotonic()
+            zone = ['--availability-zone', self.args.zone] \
+                if self.args.zone else []
             self.server_id = self.osc(
                 'server', 'create', '--flavor', self.args.flavor, '--image',
                 self.args.image, '--network', self.network.id,
                 '--config-drive', 'true', '--user-data', f.name,
                 '--key-name', self.name, '-f', 'value', '-c', 'id',
-                self.name).strip()
+                *zone, self.name).strip()
         self.wait_status('ACTIVE')
         self.active_after = time.monotonic() - self.created_at
         self.expect('ACTIVE', 'RUNNING', frozen=False)
@@ -446,6 +465,10 @@ class Smoke:
                     proc.stderr.decode(errors='replace').strip()))
 
     def step_serial_console(self):
+        if self.args.no_serial_console:
+            raise NotRun('no serial console on this cloud (nova-serialproxy '
+                         'cannot reach a compute host\'s own network '
+                         'namespace)')
         url = self.osc('console', 'url', 'show', '--serial', self.server_id,
                        '-f', 'value', '-c', 'url').strip()
         check(url.startswith('ws://'), 'console URL %r' % url)
@@ -519,7 +542,8 @@ class Smoke:
         self.osc('server', 'delete', '--wait', self.server_id)
         check(self.lxc_state() == 'UNDEFINED', 'container still defined')
         path = os.path.join(self.args.container_path, self.server_id)
-        check(not os.path.lexists(path), '%s is left' % path)
+        check(self.on_host(['test', '-e', path]).returncode != 0,
+              '%s is left' % path)
         self.server_id, deleted = None, self.server_id
         left = self.port_links()
         check(not left, 'devices of port %s left: %s' % (self.port.id,
@@ -530,13 +554,16 @@ class Smoke:
     def step_host_clean(self):
         known = {s.id for s in self.conn.compute.servers(all_projects=True)}
         path = self.args.container_path
-        on_host = set(os.listdir(path)) if os.path.isdir(path) else set()
+        listed = self.on_host(['ls', '-1', path], text=True)
+        on_host = set(listed.stdout.split()) if listed.returncode == 0 \
+            else set()
         orphans = sorted(on_host - known)
         check(not orphans, 'containers Nova does not know: %s' % orphans)
-        with open('/proc/self/mountinfo') as f:
-            # A live server's disk stays mounted (the demo's, say).
-            mounts = [line for line in f if path in line and not any(
-                os.path.join(path, uuid) + '/' in line for uuid in known)]
+        mountinfo = self.on_host(['cat', '/proc/self/mountinfo'], text=True,
+                                 check=True).stdout.splitlines()
+        # A live server's disk stays mounted (the demo's, say).
+        mounts = [line for line in mountinfo if path in line and not any(
+            os.path.join(path, uuid) + '/' in line for uuid in known)]
         check(not mounts, 'mounts left under %s: %s' % (path, mounts))
         return '%d container(s) on the host, all of live servers (%s)' % (
             len(on_host), ', '.join(sorted(on_host)) or 'none')
@@ -558,6 +585,8 @@ class Smoke:
             try:
                 detail = getattr(self, 'step_' + name)()
                 outcome = 'PASS'
+            except NotRun as e:
+                detail, outcome = str(e), 'N/A'
             except Exception as e:
                 detail, outcome, failed = '%s: %s' % (
                     type(e).__name__, e), 'FAIL', True
@@ -589,10 +618,28 @@ def main():
     for opt in ('cloud', 'flavor', 'image', 'network', 'ovs-netns',
                 'container-path', 'host', 'logs', 'timings'):
         parser.add_argument('--' + opt, required=True)
+    parser.add_argument('--host-exec', help='command prefix that runs a '
+                        'command in the compute host\'s namespaces')
+    parser.add_argument('--zone', help='availability zone of the server '
+                        '(nova:HOST puts it on HOST)')
+    parser.add_argument('--no-serial-console', action='store_true')
+    parser.add_argument('--multihost', metavar='JSON', help='the compute '
+                        'hosts, {"name": "command prefix", ...}: run the '
+                        'steps of multihost.py after these')
+    parser.add_argument('--flavor-bigger', help='flavor a resize goes to')
+    parser.add_argument('--cloud-sh', help='cloud.sh, which stops and '
+                        'starts a host\'s nova-compute')
     args = parser.parse_args()
     smoke = Smoke(args)
     started = time.monotonic()
     failed = smoke.run()
+    if args.multihost:
+        import multihost
+        hosts = multihost.MultiHost(args, smoke.conn)
+        failed = hosts.run() or failed
+        smoke.results += hosts.results
+        smoke.timings.update(hosts.timings)
+    not_run = sum(1 for r in smoke.results if r[1] == 'N/A')
     total = time.monotonic() - started
     with open(args.timings, 'w') as f:
         for name, outcome, took, _ in smoke.results:
@@ -601,11 +648,13 @@ def main():
             f.write('%-16s      %6.1fs\n' % (name, took))
         f.write('%-16s      %6.1fs\n' % ('total', total))
     passed = sum(1 for r in smoke.results if r[1] == 'PASS')
-    failures = sum(1 for r in smoke.results if r[1] != 'PASS')
+    failures = sum(1 for r in smoke.results if r[1] not in ('PASS', 'N/A'))
     print('total %.1fs (timings in %s)' % (total, args.timings))
     if failed:
         print('On failure read %s/nova-compute.log first, then nova-api.log, '
               'nova-conductor.log and nova-scheduler.log.' % args.logs)
+    if not_run:
+        print('%d step(s) not applicable (N/A above)' % not_run)
     print('smoke: %d passed, %d failed' % (passed, failures))
     return 1 if failed else 0
 

@@ -2,11 +2,15 @@
 # Tempest's compute API tests against the single-host cloud of
 # tools/cloud/cloud.sh (which must be up).
 #
-# Usage: tools/tempest/run.sh [smoke|full|config] [extra `tempest run` args]
+# Usage: tools/tempest/run.sh [smoke|full|moves|config] [extra `tempest run` args]
 #   smoke   the smoke-tagged tests of tempest.api.compute.{servers,images}
 #           plus a few fast server lifecycle actions (a few minutes)
 #   full    all of tempest.api.compute.{servers,images}
-#   config  only install tempest and write tempest.conf
+#   moves   on a multi-host cloud (cloud.sh up --computes N, N >= 2): resize,
+#           cold migration and the multi-node tests (min_compute_nodes = 2,
+#           resize and cold_migration on, flavor_ref_alt a bigger flavor)
+#   config  only install tempest and write tempest.conf (add `moves` after
+#           it for the moves settings: run.sh config moves)
 # Both runs exclude the regexes of tools/tempest/exclude.txt, each the test
 # of a feature the driver does not have yet, with the issue that brings it.
 #
@@ -51,6 +55,8 @@ OSC_BIN=${NOVA_LXD_PY_TEMPEST_OSC:-$BASE/venv/bin/openstack}
 # What cloud.sh creates; the alternates are made here.
 FLAVOR=container.tiny
 FLAVOR_ALT=container.tiny-alt
+# What a move resizes to (cloud.sh makes it on a multi-host cloud).
+FLAVOR_BIGGER=container.small
 IMAGE=busybox-guest
 IMAGE_ALT=busybox-guest-alt
 CONTAINER_TRAIT=CUSTOM_SYSTEM_CONTAINER_HOST
@@ -64,6 +70,11 @@ SMOKE_REGEX="$COMPUTE.*\\[.*\\bsmoke\\b"
 SMOKE_REGEX="($SMOKE_REGEX|^tempest\\.api\\.compute\\.servers\\.test_server_actions\\.ServerActionsTestJSON\\.test_(reboot_server_hard|stop_start_server|pause_unpause_server|suspend_resume_server|rebuild_server|get_console_output|lock_unlock_server)\\b)"
 SMOKE_REGEX="($SMOKE_REGEX|^tempest\\.api\\.compute\\.images\\.test_images_oneserver\\.ImagesOneServerTestJSON\\.test_create_delete_image\\b|^tempest\\.api\\.compute\\.servers\\.test_server_actions\\.ServerActionsTestOtherB\\.test_shelve_(unshelve|paused)_server\\b|^tempest\\.api\\.compute\\.servers\\.test_server_rescue\\.ServerRescueTestJSON\\.test_rescue_unrescue_instance\\b)"
 FULL_REGEX=$COMPUTE
+# Moves: the migration and multi-node admin tests, the resize actions, and
+# any evacuation test (tempest 47 has none in tempest.api; cloud.sh smoke
+# evacuates instead).
+MOVES_REGEX='^tempest\.api\.compute\.admin\.(test_migrations|test_servers_on_multinodes)\.'
+MOVES_REGEX="($MOVES_REGEX|^tempest\.api\.compute\.servers\.test_server_actions\.ServerActionsTestJSON\.test_resize_|^tempest\.api\.compute\..*[Ee]vacuat)"
 
 die() { echo "tempest/run.sh: $*" >&2; exit 1; }
 osc() { "$OSC_BIN" --os-cloud "$CLOUD" "$@"; }
@@ -108,6 +119,13 @@ ensure_flavor_alt() {
         --property "trait:$CONTAINER_TRAIT=required" "$FLAVOR_ALT"
 }
 
+ensure_flavor_bigger() {
+    osc flavor show -f value -c id "$FLAVOR_BIGGER" 2>/dev/null && return 0
+    # A resize must grow the root disk: a flavor a size up.
+    osc flavor create -f value -c id --vcpus 1 --ram 320 --disk 2 --public \
+        --property "trait:$CONTAINER_TRAIT=required" "$FLAVOR_BIGGER"
+}
+
 ensure_image_alt() {
     local tmp
     osc image show -f value -c id "$IMAGE_ALT" 2>/dev/null && return 0
@@ -120,8 +138,9 @@ ensure_image_alt() {
     rm -f "$tmp"
 }
 
-write_config() {
-    local auth image image_alt flavor flavor_alt neutron=false shared
+write_config() {  # write_config MODE
+    local mode=$1 auth image image_alt flavor flavor_alt neutron=false shared
+    local min_computes=1 moves=false computes filters="# (Tempest's default)"
     [ -x "$OSC_BIN" ] || die "no $OSC_BIN: is the cloud installed (tools/cloud/cloud.sh up)?"
     auth=$(cloud_auth) || die "no cloud '$CLOUD' in $OS_CLIENT_CONFIG_FILE: run tools/cloud/cloud.sh up"
     local AUTH_URL ADMIN_USER ADMIN_PASSWORD ADMIN_PROJECT ADMIN_DOMAIN \
@@ -133,6 +152,16 @@ write_config() {
     flavor=$(osc flavor show -f value -c id "$FLAVOR") || die "no flavor $FLAVOR"
     image_alt=$(ensure_image_alt) || die "could not make image $IMAGE_ALT"
     flavor_alt=$(ensure_flavor_alt) || die "could not make flavor $FLAVOR_ALT"
+    if [ "$mode" = moves ]; then
+        computes=$(cat "$BASE/run/computes" 2>/dev/null || echo 1)
+        [ "$computes" -ge 2 ] ||
+            die "moves needs a multi-host cloud: tools/cloud/cloud.sh up --computes 2"
+        min_computes=2
+        moves=true
+        # Nova's defaults and the host hints the multi-host cloud enables.
+        filters="scheduler_enabled_filters = ComputeFilter,ComputeCapabilitiesFilter,ImagePropertiesFilter,ServerGroupAntiAffinityFilter,ServerGroupAffinityFilter,SameHostFilter,DifferentHostFilter"
+        flavor_alt=$(ensure_flavor_bigger) || die "could not make flavor $FLAVOR_BIGGER"
+    fi
     if osc network list -f value -c ID >/dev/null 2>&1; then
         neutron=true
         # Below microversion 2.37 a server without `networks` gets a port
@@ -154,12 +183,13 @@ write_config() {
         -e "s|@IMAGE_REF@|$image|g" -e "s|@IMAGE_REF_ALT@|$image_alt|g" \
         -e "s|@FLAVOR_REF@|$flavor|g" -e "s|@FLAVOR_REF_ALT@|$flavor_alt|g" \
         -e "s|@BUILD_TIMEOUT@|${NOVA_LXD_PY_TEMPEST_BUILD_TIMEOUT:-180}|g" \
-        -e "s|@NEUTRON@|$neutron|g" \
+        -e "s|@NEUTRON@|$neutron|g" -e "s|@MIN_COMPUTE_NODES@|$min_computes|g" \
+        -e "s|@MOVES@|$moves|g" -e "s|@SCHEDULER_FILTERS@|$filters|g" \
         "$HERE/tempest.conf.in" >"$WORKSPACE/etc/tempest.conf.tmp"
     chmod 600 "$WORKSPACE/etc/tempest.conf.tmp"
     mv "$WORKSPACE/etc/tempest.conf.tmp" "$WORKSPACE/etc/tempest.conf"
     echo "   $WORKSPACE/etc/tempest.conf: image $image/$image_alt," \
-        "flavor $flavor/$flavor_alt, neutron $neutron"
+        "flavor $flavor/$flavor_alt, neutron $neutron, min_compute_nodes $min_computes"
 }
 
 run_tempest() {
@@ -168,6 +198,7 @@ run_tempest() {
     case $mode in
         smoke) regex=$SMOKE_REGEX ;;
         full) regex=$FULL_REGEX ;;
+        moves) regex=$MOVES_REGEX ;;
     esac
     log=$WORKSPACE/results-$mode.txt
     echo "== tempest run ($mode) --concurrency $CONCURRENCY; output in $log"
@@ -185,13 +216,15 @@ run_tempest() {
 
 mode=${1:-smoke}
 [ $# -gt 0 ] && shift
+conf_mode=$mode
 case $mode in
-    smoke|full|config) ;;
-    *) die "usage: $0 [smoke|full|config] [tempest run args]" ;;
+    smoke|full|moves) ;;
+    config) if [ "${1:-}" = moves ]; then conf_mode=moves; shift; fi ;;
+    *) die "usage: $0 [smoke|full|moves|config] [tempest run args]" ;;
 esac
 echo "== tempest venv"
 install_tempest
 echo "== tempest.conf from the cloud"
-write_config
+write_config "$conf_mode"
 [ "$mode" = config ] && exit 0
 run_tempest "$mode" "$@"
