@@ -21,7 +21,10 @@ PACKAGES=(lxc lxc-dev lxcfs busybox-static uidmap procps iproute2
           debootstrap
           # image conversion: decompressors, squashfs, disk images
           tar gzip xz-utils zstd bzip2 squashfs-tools qemu-utils util-linux
-          mount fdisk e2fsprogs xfsprogs btrfs-progs)
+          mount fdisk e2fsprogs xfsprogs btrfs-progs
+          # cold moves: disks go host to host over ssh (the tests run a
+          # private sshd on loopback)
+          openssh-client openssh-server)
 
 log() { echo "setup-host: $*"; }
 

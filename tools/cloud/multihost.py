@@ -27,6 +27,7 @@ import time
 from smoke import _indent
 from smoke import check
 from smoke import NotRun
+from smoke import StepFailed
 
 WAIT_SECONDS = 300
 PING_SECONDS = 60
@@ -311,8 +312,19 @@ class MultiHost:
             subprocess.run([self.args.cloud_sh, 'compute', 'start',
                             self.dead], check=True, capture_output=True,
                            timeout=120)
-            self.osc('compute', 'service', 'set', '--up', self.dead,
-                     'nova-compute')
+            # Nova refuses --up while the host's evacuation records are
+            # 'done': the restarted nova-compute first removes what was
+            # evacuated from it and completes them (as an operator would
+            # wait for before bringing the host back).
+            deadline = time.monotonic() + WAIT_SECONDS
+            while True:
+                try:
+                    self.osc('compute', 'service', 'set', '--up', self.dead,
+                             'nova-compute')
+                    break
+                except StepFailed as e:
+                    check(time.monotonic() < deadline, str(e))
+                    time.sleep(2)
             self.dead = None
 
     def step_mh_cleanup(self):
