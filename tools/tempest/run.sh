@@ -6,8 +6,9 @@
 #   smoke   the smoke-tagged tests of tempest.api.compute.{servers,images}
 #           plus a few fast server lifecycle actions (a few minutes)
 #   full    all of tempest.api.compute.{servers,images}
-#   moves   on a multi-host cloud (cloud.sh up --computes N, N >= 2): resize,
-#           cold migration and the multi-node tests (min_compute_nodes = 2,
+#   moves   on a multi-host cloud (cloud.sh up --computes N, N >= 2): every
+#           resize, cold migration and evacuate test (positive and negative)
+#           and the multi-node tests (min_compute_nodes = 2,
 #           resize and cold_migration on, flavor_ref_alt a bigger flavor)
 #   config  only install tempest and write tempest.conf (add `moves` after
 #           it for the moves settings: run.sh config moves)
@@ -74,7 +75,11 @@ FULL_REGEX=$COMPUTE
 # any evacuation test (tempest 47 has none in tempest.api; cloud.sh smoke
 # evacuates instead).
 MOVES_REGEX='^tempest\.api\.compute\.admin\.(test_migrations|test_servers_on_multinodes)\.'
-MOVES_REGEX="($MOVES_REGEX|^tempest\.api\.compute\.servers\.test_server_actions\.ServerActionsTestJSON\.test_resize_|^tempest\.api\.compute\..*[Ee]vacuat)"
+# ... and every other resize, cold migration and evacuate test of
+# tempest.api.compute (those of volumes and live migration are other issues'):
+# positive, negative, a stopped server's, deleting one waiting in
+# VERIFY_RESIZE, both disk configs.
+MOVES_REGEX="($MOVES_REGEX|^tempest\.api\.compute\..*\.test_(resize|migrate)_[a-z_]*(server|flavor|state|ram|vcpus)[a-z_]*\b|^tempest\.api\.compute\..*\.test_delete_server_while_in_verify_resize_state\b|^tempest\.api\.compute\..*[Ee]vacuat)"
 
 die() { echo "tempest/run.sh: $*" >&2; exit 1; }
 osc() { "$OSC_BIN" --os-cloud "$CLOUD" "$@"; }
