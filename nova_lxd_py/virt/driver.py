@@ -360,8 +360,9 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
             return
         used_images = {i.image_ref for i in all_instances
                        if i.image_ref and not i.deleted}
-        used_paths = {backends.image_of(path)
-                      for path in container.rootfs_paths()}
+        used_paths = {backends.image_of(path) for path in
+                      container.rootfs_paths() +
+                      migration.kept_rootfs_paths()}
         removed = self._images.remove_unused(
             used_images, used_paths,
             CONF.image_cache.remove_unused_original_minimum_age_seconds)

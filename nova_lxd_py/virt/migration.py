@@ -65,6 +65,26 @@ def kept_dir(name):
                         os.path.basename(container.container_dir(name)))
 
 
+def kept_rootfs_paths():
+    """``lxc.rootfs.path`` of every guest kept here for a revert: their
+    cached images must outlive the image cache's pass like a guest's."""
+    top = os.path.join(CONF.lxc.container_path, KEPT)
+    try:
+        names = os.listdir(top)
+    except FileNotFoundError:
+        return []
+    paths = []
+    for name in names:
+        try:
+            with open(os.path.join(top, name, container.CONFIG_FILE)) as f:
+                paths += [line.split('=', 1)[1].strip() for line in f
+                          if line.split('=', 1)[0].strip() ==
+                          'lxc.rootfs.path']
+        except (OSError, IndexError):
+            continue
+    return paths
+
+
 def _rollback(reason):
     return nova_exception.InstanceFaultRollback(
         nova_exception.ResizeError(reason=reason))

@@ -19,6 +19,7 @@ from nova.virt import node
 
 from nova_lxd_py.storage import ephemeral
 from nova_lxd_py.storage import transfer
+from nova_lxd_py.storage import backends
 from nova_lxd_py.storage.backends import disk
 from nova_lxd_py.tests.e2e import base
 from nova_lxd_py.tests import fixtures as lxc_fixtures
@@ -113,8 +114,14 @@ class ResizeTest(MoveTestBase):
         self.assertEqual(2, self.root_disk_gib(uuid))
         self.assertEqual(BIG_MEMORY_MB << 20, self.memory_limit(uuid))
         self.assertTrue(os.path.isdir(migration.kept_dir(uuid)))
+        # The kept copy holds on to its cached image until confirmed.
+        cached = {backends.image_of(p)
+                  for p in migration.kept_rootfs_paths()} - {None}
+        self.assertEqual(1, len(cached))      # overlay, the default
+        self.assertTrue(os.path.isdir(cached.pop()))
 
         server = self._confirm_resize(server)
+        self.assertEqual([], migration.kept_rootfs_paths())
         self.assertEqual('big', server['flavor']['original_name'])
         self.assertNothingInFlight(uuid)
         self.assertGuestKeptItsFiles(uuid)
