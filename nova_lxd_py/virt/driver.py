@@ -121,9 +121,6 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
     def init_host(self, host):
         # Nova passes the host name by keyword, as ``host``.
         self._nodename = host
-        # Read once: the node's identity file does not change while the
-        # service runs.
-        self._node_uuid = node.get_local_node_uuid()
         self._check_host()
         self._moves.clean_incoming()
         self._handle_orphans(known=None)
@@ -155,6 +152,11 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
         return [self._nodename]
 
     def get_available_resource(self, nodename):
+        if self._node_uuid is None:
+            # Read (or made) once, at the first report: the identity file
+            # does not change while the service runs, and two services in
+            # one process (tests) keep their own.
+            self._node_uuid = node.get_local_node_uuid()
         mem_total, mem_free = host.memory_mb()
         disk_total, disk_free = host.disk_gb(CONF.lxc.container_path)
         cpus = host.cpus()
@@ -173,7 +175,7 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
             'disk_available_least': disk_free,
             'supported_instances': self._supported_instances(),
             'numa_topology': None,
-            'uuid': self._node_uuid or node.get_local_node_uuid(),
+            'uuid': self._node_uuid,
         }
 
     def _supported_instances(self):

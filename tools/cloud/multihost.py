@@ -67,9 +67,9 @@ class MultiHost:
 
     # -- tools -------------------------------------------------------------
 
-    def osc(self, *argv, timeout=WAIT_SECONDS):
+    def osc(self, *argv, timeout=WAIT_SECONDS, api=COMPUTE_API):
         cmd = ['openstack', '--os-cloud', self.args.cloud,
-               '--os-compute-api-version', COMPUTE_API] + list(argv)
+               '--os-compute-api-version', api] + list(argv)
         proc = subprocess.run(cmd, capture_output=True, text=True,
                               timeout=timeout)
         check(proc.returncode == 0, '`%s` exited %d: %s' % (
@@ -269,6 +269,52 @@ class MultiHost:
         return 'a migrated --host %s (cold), confirmed; %s' % (
             target, self.pings('a', 'b'))
 
+    def port_of(self, label):
+        ports = list(self.conn.network.ports(device_id=self.servers[label]))
+        check(len(ports) == 1, 'ports of %s: %s' % (label, ports))
+        return ports[0]
+
+    def step_rebuild(self):
+        self.need_moves()
+        host, before = self.host_of('a'), self.port_of('a')
+        self.osc('server', 'rebuild', '--image', self.args.image,
+                 self.servers['a'])
+        self.moved('a', 'ACTIVE', host)
+        after = self.port_of('a')
+        check(after.id == before.id and after.binding_host_id == host and
+              after.status == 'ACTIVE' and
+              after.mac_address == before.mac_address,
+              'port after rebuild: %s (before %s)' % (after, before))
+        return 'a rebuilt on %s from %s, port %s kept (bound there, ' \
+            'ACTIVE); %s' % (host, self.args.image, after.id,
+                             self.pings('a', 'b'))
+
+    def _shelve_to(self, label, target):
+        source = self.host_of(label)
+        self.osc('server', 'shelve', self.servers[label])
+        self.wait_status(label, 'SHELVED_OFFLOADED')
+        check(not self.has_container(source, self.servers[label]),
+              'container left on %s after shelve offload' % source)
+        # unshelve --host: microversion 2.91.
+        self.osc('server', 'unshelve', '--host', target, self.servers[label],
+                 api='2.91')
+        self.moved(label, 'ACTIVE', target)
+        check(self.port_of(label).binding_host_id == target,
+              'port of %s not bound to %s' % (label, target))
+
+    def step_unshelve_other(self):
+        """There and back, so that the later steps find ``a`` where they
+        expect it (not beside ``b``)."""
+        self.need_moves()
+        source = self.host_of('a')
+        target = self.other(source)
+        self._shelve_to('a', target)
+        there = self.pings('a', 'b')
+        self._shelve_to('a', source)
+        return 'a shelved (offloaded from %s), unshelved --host %s (%s), ' \
+            'and back to %s; %s' % (source, target, there, source,
+                                    self.pings('a', 'b'))
+
     def step_evacuate(self):
         self.need_evacuate()
         dead = self.host_of('a')
@@ -349,7 +395,8 @@ class MultiHost:
             ', '.join(deleted))
 
     STEPS = ('mh_boot', 'mh_dhcp_ping', 'mh_cross_ping', 'mh_isolation',
-             'resize', 'migrate_revert', 'migrate_host', 'evacuate',
+             'resize', 'migrate_revert', 'migrate_host', 'rebuild',
+             'unshelve_other', 'evacuate',
              'recover', 'mh_cleanup')
 
     def run(self):
