@@ -57,8 +57,8 @@ from nova_lxd_py.virt import migration  # noqa: E402
 CONF = spawn.CONF
 DEST = lxc_fixtures.SshServer.ADDRESS
 # This "host"'s own address: not the destination's, or the move would copy
-# locally. A documentation address; nothing is sent to it.
-MY_IP = '192.0.2.1'
+# locally. A loopback address other than the sshd's; nothing is sent to it.
+MY_IP = '127.0.0.2'
 FILE_MIB = 8   # the guest's data, in files of this size
 DATA_DIR = 'var/bench-data'
 # The baselines' tar flags (after tar), creating and extracting; same-tar

@@ -168,11 +168,48 @@ class MultiHost:
             raise NotRun('the driver does not report supports_evacuate '
                          '(Nova refuses to rebuild its servers elsewhere)')
 
-    def moved(self, label, status, to_host):
+    def last_action(self, label):
+        """The server's newest instance action with its events, for a
+        failure message (why a move ended where it did)."""
+        try:
+            actions = json.loads(self.osc('server', 'event', 'list',
+                                          self.servers[label], '-f', 'json'))
+            if not actions:
+                return 'no instance actions'
+            newest = max(actions, key=lambda a: a.get('Start Time') or '')
+            shown = json.loads(self.osc(
+                'server', 'event', 'show', self.servers[label],
+                newest['Request ID'], '-f', 'json'))
+            return json.dumps(shown, default=str)[-1500:]
+        except (StepFailed, ValueError, KeyError) as e:
+            return 'instance actions not readable: %s' % e
+
+    def moved(self, label, status, to_host, seconds=30):
+        """Wait for ``label`` to be ``status`` with no task on ``to_host``.
+        The host is polled too (for ``seconds``) and a failure names the
+        newest instance action, so that a move that Nova rolled back
+        (NoValidHost: the server is ACTIVE again where it was) reads as
+        that, not as a wrong host."""
         server = self.wait_status(label, status)
-        check(server.compute_host == to_host, '%s is on %s, not %s' % (
-            label, server.compute_host, to_host))
+        deadline = time.monotonic() + seconds
+        while server.compute_host != to_host and \
+                time.monotonic() < deadline:
+            time.sleep(1)
+            server = self.wait_status(label, status)
+        check(server.compute_host == to_host, '%s is on %s, not %s; newest '
+              'action: %s' % (label, server.compute_host, to_host,
+                              self.last_action(label)))
         return server
+
+    def port_active(self, label, seconds=60):
+        """The server's only port once Neutron reports it ACTIVE: after
+        a re-plug (rebuild) the OVS agent reports it DOWN, then UP."""
+        deadline = time.monotonic() + seconds
+        port = self.port_of(label)
+        while port.status != 'ACTIVE' and time.monotonic() < deadline:
+            time.sleep(1)
+            port = self.port_of(label)
+        return port
 
     # -- steps ---------------------------------------------------------------
 
@@ -280,11 +317,14 @@ class MultiHost:
         self.osc('server', 'rebuild', '--image', self.args.image,
                  self.servers['a'])
         self.moved('a', 'ACTIVE', host)
-        after = self.port_of('a')
+        after = self.port_active('a')
         check(after.id == before.id and after.binding_host_id == host and
               after.status == 'ACTIVE' and
               after.mac_address == before.mac_address,
-              'port after rebuild: %s (before %s)' % (after, before))
+              'port after rebuild: %s %s on %s, MAC %s (before: %s %s on '
+              '%s, MAC %s)' % (after.id, after.status, after.binding_host_id,
+                               after.mac_address, before.id, before.status,
+                               before.binding_host_id, before.mac_address))
         return 'a rebuilt on %s from %s, port %s kept (bound there, ' \
             'ACTIVE); %s' % (host, self.args.image, after.id,
                              self.pings('a', 'b'))
