@@ -164,6 +164,39 @@ class SshServer(fixtures.Fixture):
             self.process.terminate()
             self.process.wait(timeout=10)
 
+    def kill(self):
+        """As a host that lost power: the listener and every session it
+        runs (the receiving shell and its tar) die at once, mid-stream."""
+        tree = descendants(self.process.pid)
+        for pid in [self.process.pid] + tree:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait(timeout=10)
+        return tree
+
+
+def descendants(pid):
+    """Every process below ``pid`` (from /proc; children before theirs)."""
+    children = {}
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            with open('/proc/%s/stat' % entry) as f:
+                # The name is in parentheses and may hold spaces.
+                ppid = int(f.read().rsplit(')', 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(0), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
 
 def free_port():
     with socket.socket() as s:

@@ -99,6 +99,16 @@ class MoveTestBase(base.ContainerTestBase):
                                               host=hostname)[0]
         self.admin_api.put_service(service['id'], {'status': 'disabled'})
 
+    def _resize_fault(self, uuid):
+        """The instance action event's traceback (the move's fault)."""
+        actions = self.api.get_instance_actions(uuid)
+        resize = [a for a in actions if a['action'] == 'resize'][0]
+        action = self.api.api_get(
+            '/servers/%s/os-instance-actions/%s' % (
+                uuid, resize['request_id'])).body['instanceAction']
+        # 'details' (microversion 2.84): the message of the fault.
+        return ' '.join(str(e.get('details')) for e in action['events'])
+
 
 class ResizeTest(MoveTestBase):
 
@@ -250,16 +260,6 @@ class ResizeTest(MoveTestBase):
 
         self._delete_server(server)
         self.assertHostClean(uuid)
-
-    def _resize_fault(self, uuid):
-        """The instance action event's traceback (the move's fault)."""
-        actions = self.api.get_instance_actions(uuid)
-        resize = [a for a in actions if a['action'] == 'resize'][0]
-        action = self.api.api_get(
-            '/servers/%s/os-instance-actions/%s' % (
-                uuid, resize['request_id'])).body['instanceAction']
-        # 'details' (microversion 2.84): the message of the fault.
-        return ' '.join(str(e.get('details')) for e in action['events'])
 
 
 class MigrateTest(MoveTestBase):
