@@ -41,11 +41,14 @@ import warnings  # noqa: E402
 
 import fixtures  # noqa: E402
 from nova.network import model as network_model  # noqa: E402
+from nova import exception as nova_exception  # noqa: E402
 from nova import objects  # noqa: E402
 from nova import test  # noqa: E402
 from nova.tests.unit import utils as test_utils  # noqa: E402
 from nova.tests.unit.virt import test_virt_drivers  # noqa: E402
 from nova.virt import fake  # noqa: E402
+from oslo_config import cfg  # noqa: E402
+from oslo_serialization import jsonutils  # noqa: E402
 from oslo_utils import importutils  # noqa: E402
 
 from nova_lxd_py import exception  # noqa: E402
@@ -54,7 +57,10 @@ from nova_lxd_py.tests import guest_image  # noqa: E402
 from nova_lxd_py.vif import naming  # noqa: E402
 from nova_lxd_py.virt import container  # noqa: E402
 from nova_lxd_py.virt import host  # noqa: E402
+from nova_lxd_py.virt import migration  # noqa: E402
 # autopep8: on
+
+CONF = cfg.CONF
 
 # The battery spawns every instance from this GlanceFixture image.
 BATTERY_IMAGE_ID = 'cedef40a-ed67-4d10-800e-17455edce175'
@@ -225,6 +231,35 @@ class LXCDriverConformanceTestCase(test_virt_drivers._VirtDriverTestCase,
         self.connection.unrescue(self.ctxt, instance_ref)
         self.assertFalse(os.path.lexists(rescue_dir))
         self.assertEqual('RUNNING', container.state(instance_ref.uuid)[0])
+
+    def test_migrate_disk_and_power_off(self):
+        # The battery sends the instance to 'dest_host', a name that
+        # resolves nowhere, and expects no error: it was written for drivers
+        # that copy nothing. Here a move to an unreachable host must roll
+        # back (the guest runs again, as it was) and a move to this host
+        # must leave the guest stopped with its copy in place.
+        instance_ref, network_info = self._get_running_instance()
+        flavor_ref = test_utils.get_test_flavor()
+        flavor_ref.root_gb = instance_ref.flavor.root_gb
+        uuid = instance_ref.uuid
+        self.assertRaises(
+            nova_exception.InstanceFaultRollback,
+            self.connection.migrate_disk_and_power_off,
+            self.ctxt, instance_ref, 'dest_host', flavor_ref, network_info)
+        self.assertEqual('RUNNING', container.state(uuid)[0])
+        self.assertFalse(os.path.lexists(migration.kept_dir(uuid)))
+
+        disk_info = jsonutils.loads(self.connection.migrate_disk_and_power_off(
+            self.ctxt, instance_ref, CONF.host, flavor_ref, network_info))
+        # The disks arrived; the container is defined again only by
+        # finish_migration. The stopped source copy is kept for a revert.
+        self.assertEqual('UNDEFINED', container.state(uuid)[0])
+        self.assertTrue(disk_info['running'])
+        self.assertTrue(os.path.isfile(os.path.join(
+            migration.kept_dir(uuid), container.CONFIG_FILE)))
+        for entry in disk_info['entries']:
+            self.assertTrue(os.path.lexists(os.path.join(
+                container.container_dir(uuid), entry)), entry)
 
     # -- ours, beyond the battery --------------------------------------------
 
