@@ -266,6 +266,17 @@ connections() {
 
 last_ok() { sed -n 's/^ok //p' "$1" | tail -n1; }
 
+# start_peer ROLE PORT: one end of the TCP pair in the check's netns; prints
+# its pid once it is ready.
+start_peer() {
+    nsenter --net="/run/netns/$CHECK_NS" \
+        python3 "$HERE/tcp-pair.py" "$1" "$2" "$CHECK_DIR/$1.log" \
+        </dev/null >/dev/null 2>&1 &
+    disown  # bash reaps it all the same, without a "Killed" note
+    wait_for_line "$CHECK_DIR/$1.log" 5 '^ready ' || die "$1 did not start"
+    sed -n 's/^ready //p' "$CHECK_DIR/$1.log"
+}
+
 tcp_check() {
     local port=7777 spid cpid before after conn_before conn_after img
     CHECK_NS=nova-lxd-py-criu-check-$$
@@ -278,17 +289,9 @@ tcp_check() {
     ip netns add "$CHECK_NS"
     ip -n "$CHECK_NS" link set lo up
 
-    nsenter --net="/run/netns/$CHECK_NS" \
-        python3 "$HERE/tcp-pair.py" server "$port" "$CHECK_DIR/server.log" &
-    disown  # bash reaps it all the same, without a "Killed" note
-    wait_for_line "$CHECK_DIR/server.log" 5 '^ready ' || die "server did not start"
-    spid=$(sed -n 's/^ready //p' "$CHECK_DIR/server.log")
+    spid=$(start_peer server "$port") || exit 1
     CHECK_PIDS+=("$spid")
-    nsenter --net="/run/netns/$CHECK_NS" \
-        python3 "$HERE/tcp-pair.py" client "$port" "$CHECK_DIR/client.log" &
-    disown  # bash reaps it all the same, without a "Killed" note
-    wait_for_line "$CHECK_DIR/client.log" 5 '^ready ' || die "client did not start"
-    cpid=$(sed -n 's/^ready //p' "$CHECK_DIR/client.log")
+    cpid=$(start_peer client "$port") || exit 1
     CHECK_PIDS+=("$cpid")
     wait_for_line "$CHECK_DIR/client.log" 5 '^ok 20$' ||
         die "no traffic before the dump: $(tail -n2 "$CHECK_DIR/client.log")"
