@@ -50,7 +50,7 @@ class OCIBootTest(DriverTestCase):
             instance, 'ls', '-A', '/etc'))
         # Owners as the image has them, seen from inside the guest.
         self.assertEqual('1000:1000\n', self.run_in_guest(
-            instance, 'stat', '-c', '%u:%g', '/home/user/notes'))
+            instance, 'stat', '-c', '%u:%g', '/users/u1000/notes'))
 
     def test_spawn_from_oci_layout(self):
         self.add_image(OCI_IMAGE, images.write_oci_layout, 'oci-guest')

@@ -6,7 +6,7 @@ layers over the busybox guest of :mod:`guest_image`:
 
 layer 1
     the busybox rootfs, ``/etc/remove-me``, ``/opt/app/`` with old files,
-    ``/home/user`` owned by 1000, ``/srv`` (0700) with a ``replaced/`` dir,
+    ``/users/u1000`` owned by 1000, ``/srv`` (0700) with a ``replaced/`` dir,
     ``/etc/motd`` saying "layer 1";
 layer 2
     ``/etc/image-marker`` (the marker), a whiteout of ``/etc/remove-me``,
@@ -87,9 +87,9 @@ def base_members(with_init=True):
         entry('opt/app/old-file', b'hidden by the opaque dir\n'),
         entry('opt/app/old-dir'),
         entry('opt/app/old-dir/old-nested', b'hidden too\n'),
-        entry('home'),
-        entry('home/user', uid=1000, gid=1000),
-        entry('home/user/notes', b'mine\n', mode=0o600, uid=1000, gid=1000),
+        entry('users'),
+        entry('users/u1000', uid=1000, gid=1000),
+        entry('users/u1000/notes', b'mine\n', mode=0o600, uid=1000, gid=1000),
         entry('srv', mode=0o700),
         entry('srv/replaced'),
         entry('srv/replaced/inner', b'gone with its dir\n'),

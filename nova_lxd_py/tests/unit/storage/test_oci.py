@@ -109,7 +109,7 @@ class UnpackTest(OCITestCase):
         self.assertEqual([], [p for p in found
                               if '.wh.' in os.path.basename(p)])
         # Owners shifted into the guest's range, none left at host ids.
-        st = os.lstat(self.path('home/user/notes'))
+        st = os.lstat(self.path('users/u1000/notes'))
         self.assertEqual((GUEST_ROOT + 1000, GUEST_ROOT + 1000),
                          (st.st_uid, st.st_gid))
         owners = {(os.lstat(self.path(p)).st_uid,
