@@ -89,6 +89,20 @@ function install_nova_lxd_py {
     # nova-compute restart.
     setup_develop "$NOVA_LXD_PY_DIR"
     nova_lxd_py_link_shim
+    nova_lxd_py_install_criu
+}
+
+# CRIU for checkpoint/restore, built from Debian's source with our fix
+# (tools/criu/build.sh). Guests run without it; nova-compute logs at start
+# whether this host can checkpoint them.
+function nova_lxd_py_install_criu {
+    if ! is_service_enabled n-cpu || [[ "$NOVA_LXD_PY_CRIU" != "True" ]]; then
+        return
+    fi
+    if ! sudo "$NOVA_LXD_PY_DIR/tools/criu/build.sh"; then
+        echo "WARNING: CRIU could not be built: guests on this host" \
+            "cannot be checkpointed"
+    fi
 }
 
 # Nova loads drivers only as nova.virt.<compute_driver>. devstack installs

@@ -9,7 +9,11 @@
 #     unprivileged containers, if root has none.
 #  3. lxcfs running at /var/lib/lxcfs, so guests see their own memory and
 #     CPUs in /proc.
+#  4. CRIU for checkpoint/restore (tools/criu/build.sh), unless
+#     NOVA_LXD_PY_CRIU=0; a failed build is a warning, not an error.
 set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 LXCFS_DIR=/var/lib/lxcfs
 LXCFS_LOG=/var/log/nova-lxd-py-lxcfs.log
@@ -106,6 +110,21 @@ start_lxcfs() {
     log "started lxcfs at $LXCFS_DIR (log: $LXCFS_LOG)"
 }
 
+# CRIU for checkpoint/restore (tools/criu/build.sh: Debian's source with our
+# fix, built once). Not needed to run guests: a host without it runs them
+# all the same and nova-compute says at start that it cannot checkpoint.
+install_criu() {
+    if [ "${NOVA_LXD_PY_CRIU:-1}" = 0 ]; then
+        log "CRIU not wanted (NOVA_LXD_PY_CRIU=0)"
+        return
+    fi
+    if ! "$HERE/criu/build.sh"; then
+        log "WARNING: CRIU could not be built; this host cannot checkpoint" \
+            "guests (see the output above)"
+    fi
+}
+
 install_packages
 add_root_subids
 start_lxcfs
+install_criu

@@ -28,6 +28,7 @@ from nova_lxd_py.storage import formats
 from nova_lxd_py.storage import images
 from nova_lxd_py.vif import driver as vifs
 from nova_lxd_py.vif import events as vif_events
+from nova_lxd_py.virt import checkpoint
 from nova_lxd_py.virt import config
 from nova_lxd_py.virt import configdrive
 from nova_lxd_py.virt import console
@@ -110,6 +111,7 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
         self._cgroup_version = None
         self._node_uuid = None
         self._guests = guest.Guests(self._backend, self._images)
+        self._checkpoints = checkpoint.Checkpoints()
         self._moves = migration.ColdMigrations(
             self._backend, virtapi, migration.GuestOps(
                 power_off=self.power_off, start=self._start,
@@ -122,6 +124,7 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
         # Nova passes the host name by keyword, as ``host``.
         self._nodename = host
         self._check_host()
+        self._checkpoints.probe()
         self._moves.clean_incoming()
         self._handle_orphans(known=None)
 

@@ -59,6 +59,10 @@ function start_service {
 
 function sudo {
     _stub_record "sudo $*"
+    # The CRIU build is recorded, not run (it takes a minute and apt).
+    if [[ "$1" == */tools/criu/build.sh ]]; then
+        return "${STUB_CRIU_BUILD_RC:-0}"
+    fi
     if [[ "$1" == "chown" && $EUID -ne 0 ]]; then
         return 0
     fi
@@ -87,4 +91,13 @@ ini.set(section, option, value)
 with open(path, 'w') as f:
     ini.write(f)
 EOF
+}
+
+# devstack's: the variable named $2 as True/False, $1 when it is unset.
+function trueorfalse {
+    local default=$1 value=${!2:-}
+    case "${value:-$default}" in
+        1|yes|Yes|YES|true|True|TRUE|on|On|ON) echo True ;;
+        *) echo False ;;
+    esac
 }

@@ -172,6 +172,24 @@ def test_install_packages_before_building_the_driver(devstack):
         'lxc', 'lxc-dev', 'lxcfs', 'busybox-static', 'uidmap'}
 
 
+def test_install_builds_criu_after_the_driver(devstack):
+    devstack.run('stack', 'install')
+    calls = devstack.calls()
+    build = 'sudo %s/tools/criu/build.sh' % REPO
+    assert calls.index('setup_develop ' + REPO) < calls.index(build)
+
+
+def test_install_without_criu_when_turned_off(devstack):
+    devstack.run('stack', 'install', NOVA_LXD_PY_CRIU='False')
+    assert not [c for c in devstack.calls() if 'criu' in c]
+
+
+def test_install_goes_on_when_criu_does_not_build(devstack):
+    result = devstack.run('stack', 'install', STUB_CRIU_BUILD_RC='1')
+    assert 'CRIU could not be built' in result.stdout
+    assert os.path.islink(os.path.join(devstack.nova_virt, 'lxc_py'))
+
+
 def test_install_links_shim_into_nova_virt(devstack):
     devstack.run('stack', 'install')
     link = os.path.join(devstack.nova_virt, 'lxc_py')
