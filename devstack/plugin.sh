@@ -100,8 +100,8 @@ function nova_lxd_py_install_criu {
         return
     fi
     if ! sudo "$NOVA_LXD_PY_DIR/tools/criu/build.sh"; then
-        echo "WARNING: CRIU could not be built: guests on this host" \
-            "cannot be checkpointed"
+        warn $LINENO "CRIU could not be built: guests on this host cannot \
+be checkpointed"
     fi
 }
 

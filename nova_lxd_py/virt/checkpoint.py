@@ -35,11 +35,12 @@ CHECK_TIMEOUT = 60
 def criu_check(timeout: int) -> dict:
     """What the ``criu`` on PATH says about this host.
 
-    {'path': its path or '', 'version': 'X.Y[.Z]' or '', 'check': '' when
-    ``criu check`` passed, else its last lines, 'features': {name: bool}}.
+    {'path': its path or '', 'version': 'X.Y[.Z]' or '', 'check': '' unless
+    ``criu check`` ran and failed, then its last lines, 'features':
+    {name: bool}}.
     """
     result = {'path': shutil.which('criu') or '', 'version': '',
-              'check': 'no criu on PATH', 'features': {}}
+              'check': '', 'features': {}}
     if not result['path']:
         return result
     out = _run([result['path'], '--version'], timeout)

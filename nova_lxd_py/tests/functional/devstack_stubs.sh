@@ -1,7 +1,7 @@
 #!/bin/bash
 #
 # Stand-ins for the devstack functions that devstack/plugin.sh and
-# devstack/settings call, for test_devstack_plugin.py. Each records its
+# devstack/settings call, for devstack_harness.py. Each records its
 # call as one line in $STUB_LOG; iniset really edits the ini file, and
 # sudo runs its command as the current user (chown only when that is root).
 # External commands (openstack, lxc-*) are scripts in $STUB_BIN.

@@ -1,22 +1,10 @@
-"""devstack/ run phase by phase against stand-ins for devstack.
+"""devstack/ install and post-config phases, against stand-ins for
+devstack (devstack_harness.py)."""
 
-devstack itself cannot run here (it clones services from the network), so
-each test sources the plugin the way stack.sh does, with devstack's
-functions replaced by ``devstack_stubs.sh``: iniset writes a real nova.conf
-in a temporary directory, install_package, setup_develop, openstack and
-sudo record their arguments. Every path the plugin touches (nova.conf,
-/etc/subuid, /etc/subgid, nova's package directory, the instances
-path) points into the test's temporary directory.
-"""
-
-import configparser
 import os
-import re
 import shutil
 import stat
 import subprocess
-import sys
-import textwrap
 
 import pytest
 
@@ -24,134 +12,9 @@ import pytest
 # which must wait until the test packages have settled nova's concurrency
 # mode; tests that need them import them themselves.
 from nova_lxd_py import conf
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
-DEVSTACK = os.path.join(REPO, 'devstack')
-STUBS = os.path.join(HERE, 'devstack_stubs.sh')
-SHELL_FILES = ['plugin.sh', 'settings', 'override-defaults']
-
-# External commands the plugin runs, as scripts that record their call.
-COMMAND_STUBS = {
-    'openstack': '''
-        # "flavor show NAME" / "image show NAME" find only the names
-        # listed in $STUB_OPENSTACK_EXISTING.
-        if [[ "$4" == "show" ]]; then
-            for name in $STUB_OPENSTACK_EXISTING; do
-                [[ "$5" == "$name" ]] && exit 0
-            done
-            exit 1
-        fi
-        ''',
-    'lxc-ls': 'for name in $STUB_LXC_CONTAINERS; do echo "$name"; done',
-    'lxc-stop': '',
-    'lxc-unfreeze': '',
-    # nova's python: finds the fake nova package in $STUB_SITE; the guest
-    # image build only writes a placeholder file.
-    'python3': '''
-        if [[ "$1 $2" == "-m nova_lxd_py.tests.guest_image" ]]; then
-            echo rootfs > "$3"
-            exit 0
-        fi
-        # -S: never the test's own site-packages, whose nova is real.
-        PYTHONPATH=$STUB_SITE exec "$STUB_PYTHON" -S "$@"
-        ''',
-}
-
-
-class Devstack:
-    """A devstack host laid out under ``root``, driven one phase at a time."""
-
-    def __init__(self, root):
-        self.root = str(root)
-        self.log = self.path('calls.log')
-        self.bin = self.path('bin')
-        self.site = self.path('site')
-        self.dest = self.path('opt', 'stack')
-        self.data = os.path.join(self.dest, 'data')
-        self.instances = os.path.join(self.data, 'nova', 'instances')
-        self.nova_conf_dir = self.path('etc', 'nova')
-        self.nova_conf = os.path.join(self.nova_conf_dir, 'nova.conf')
-        self.subuid = self.path('etc', 'subuid')
-        self.subgid = self.path('etc', 'subgid')
-        self.lxcfs = self.path('var', 'lib', 'lxcfs')
-        self.nova_virt = os.path.join(self.site, 'nova', 'virt')
-        for d in (self.bin, self.nova_virt, self.instances,
-                  self.nova_conf_dir):
-            os.makedirs(d)
-        for d in (os.path.join(self.site, 'nova'), self.nova_virt):
-            open(os.path.join(d, '__init__.py'), 'w').close()
-        for f in (self.subuid, self.subgid):
-            open(f, 'w').close()
-        for name, body in COMMAND_STUBS.items():
-            self._command_stub(name, body)
-        self.env = {
-            'PATH': self.bin + os.pathsep + os.environ['PATH'],
-            'HOME': self.root,
-            'STUB_LOG': self.log,
-            'STUB_PYTHON': sys.executable,
-            'STUB_SITE': self.site,
-            # devstack's globals
-            'ENABLED_SERVICES': 'key,g-api,n-api,n-cond,n-sch,n-cpu,'
-                                'placement-api',
-            'DEST': self.dest,
-            'DATA_DIR': self.data,
-            'STACK_USER': 'stack',
-            'NOVA_CONF_DIR': self.nova_conf_dir,
-            'NOVA_CONF': self.nova_conf,
-            'NOVA_INSTANCES_PATH': self.instances,
-            'NOVA_BIN_DIR': self.path('no-venv', 'bin'),
-            'VIRT_DRIVER': 'libvirt',
-            # the plugin's paths into the host
-            'NOVA_LXD_PY_PYTHON': os.path.join(self.bin, 'python3'),
-            'NOVA_LXD_PY_SUBUID_FILE': self.subuid,
-            'NOVA_LXD_PY_SUBGID_FILE': self.subgid,
-            'NOVA_LXD_PY_LXCFS_PATH': self.lxcfs,
-        }
-
-    def path(self, *parts):
-        return os.path.join(self.root, *parts)
-
-    def _command_stub(self, name, body):
-        script = os.path.join(self.bin, name)
-        with open(script, 'w') as f:
-            f.write('#!/bin/bash\necho "%s $*" >>"$STUB_LOG"\n' % name)
-            f.write(textwrap.dedent(body))
-        os.chmod(script, 0o755)
-
-    def run(self, *args, check=True, override_defaults=True, **env):
-        """Source the plugin as stack.sh does: ``run('stack', 'install')``."""
-        script = ('set -o errexit\n'
-                  'source "$1"; shift\n'
-                  + ('source "$DEVSTACK/override-defaults"\n'
-                     if override_defaults else '') +
-                  'source "$DEVSTACK/settings"\n'
-                  'source "$DEVSTACK/plugin.sh" "$@"\n')
-        full_env = dict(self.env, DEVSTACK=DEVSTACK, **env)
-        result = subprocess.run(['bash', '-c', script, 'stack.sh', STUBS]
-                                + list(args), env=full_env, cwd=self.root,
-                                capture_output=True, text=True, timeout=60)
-        if check:
-            assert result.returncode == 0, result.stdout + result.stderr
-        return result
-
-    def calls(self, prefix=''):
-        if not os.path.exists(self.log):
-            return []
-        with open(self.log) as f:
-            return [line.rstrip('\n') for line in f
-                    if line.startswith(prefix)]
-
-    def ini(self, path=None):
-        # DEFAULT as a section like any other, not defaults for the rest.
-        parser = configparser.RawConfigParser(default_section='-')
-        parser.optionxform = str
-        parser.read(path or self.nova_conf)
-        return parser
-
-    def read(self, path):
-        with open(path) as f:
-            return f.read()
+from nova_lxd_py.tests.functional.devstack_harness import DEVSTACK
+from nova_lxd_py.tests.functional.devstack_harness import Devstack
+from nova_lxd_py.tests.functional.devstack_harness import REPO
 
 
 @pytest.fixture
@@ -185,8 +48,8 @@ def test_install_without_criu_when_turned_off(devstack):
 
 
 def test_install_goes_on_when_criu_does_not_build(devstack):
-    result = devstack.run('stack', 'install', STUB_CRIU_BUILD_RC='1')
-    assert 'CRIU could not be built' in result.stdout
+    devstack.run('stack', 'install', STUB_CRIU_BUILD_RC='1')
+    assert devstack.calls('warn CRIU could not be built')
     assert os.path.islink(os.path.join(devstack.nova_virt, 'lxc_py'))
 
 
@@ -383,136 +246,3 @@ def test_post_config_opens_devstack_dirs_to_the_guests_root(devstack):
 def test_post_config_skipped_without_nova_compute(devstack):
     devstack.run('stack', 'post-config', ENABLED_SERVICES='n-api,key')
     assert not os.path.exists(devstack.nova_conf)
-
-
-# -- extra -----------------------------------------------------------------
-
-def _openstack(devstack, *words):
-    return [c for c in devstack.calls('openstack --os-cloud devstack-admin '
-                                      + ' '.join(words))]
-
-
-def test_extra_creates_a_flavor_that_requires_container_hosts(devstack):
-    from nova_lxd_py.virt import driver
-
-    devstack.run('stack', 'extra')
-    [create] = _openstack(devstack, 'flavor', 'create')
-    assert '--property trait:%s=required' % driver.CONTAINER_HOST_TRAIT \
-        in create
-    assert re.search(r'--vcpus 1 --ram 256 --disk 1 .* c1\.container$',
-                     create)
-
-
-def test_extra_builds_and_uploads_the_busybox_image(devstack):
-    devstack.run('stack', 'extra')
-    image = os.path.join(devstack.data, 'nova-lxd-py',
-                         'busybox-rootfs.tar.gz')
-    assert devstack.calls('python3 -m') == [
-        'python3 -m nova_lxd_py.tests.guest_image ' + image]
-    [create] = _openstack(devstack, 'image', 'create')
-    for words in ('--disk-format raw', '--container-format bare',
-                  '--property img_hv_type=lxc', '--property hw_vm_mode=exe',
-                  '--file %s busybox-container' % image):
-        assert words in create
-
-
-def test_extra_uploads_a_given_image_file(devstack):
-    rootfs = devstack.path('my-rootfs.tar.xz')
-    devstack.run('stack', 'extra', NOVA_LXD_PY_IMAGE_FILE=rootfs,
-                 NOVA_LXD_PY_IMAGE_NAME='debian-container')
-    assert devstack.calls('python3') == []
-    [create] = _openstack(devstack, 'image', 'create')
-    assert create.endswith('--file %s debian-container' % rootfs)
-
-
-def test_extra_keeps_an_existing_flavor_and_image(devstack):
-    devstack.run('stack', 'extra',
-                 STUB_OPENSTACK_EXISTING='c1.container busybox-container')
-    assert _openstack(devstack, 'flavor', 'create') == []
-    assert _openstack(devstack, 'image', 'create') == []
-
-
-def test_extra_skipped_without_nova_api(devstack):
-    devstack.run('stack', 'extra', ENABLED_SERVICES='n-cpu')
-    assert devstack.calls() == []
-
-
-# -- unstack and clean -----------------------------------------------------
-
-def test_unstack_thaws_and_stops_every_container(devstack):
-    containers = os.path.join(devstack.instances, 'containers')
-    os.mkdir(containers)
-    devstack.run('unstack', STUB_LXC_CONTAINERS='uuid-a uuid-b')
-    assert devstack.calls('lxc-') == [
-        'lxc-ls -P %s -1' % containers,
-        'lxc-unfreeze -P %s -n uuid-a' % containers,
-        'lxc-stop -k -P %s -n uuid-a' % containers,
-        'lxc-unfreeze -P %s -n uuid-b' % containers,
-        'lxc-stop -k -P %s -n uuid-b' % containers,
-    ]
-
-
-def test_unstack_without_containers(devstack):
-    devstack.run('unstack')
-    assert devstack.calls('lxc-') == []
-
-
-def test_clean_removes_what_the_plugin_made(devstack):
-    devstack.run('stack', 'install')
-    devstack.run('stack', 'post-config')
-    devstack.run('stack', 'extra')
-    made = [os.path.join(devstack.instances, 'containers', 'uuid-a'),
-            os.path.join(devstack.instances, '_base_lxc', 'img.u1g1')]
-    for path in made:
-        os.makedirs(path)
-    devstack.run('clean', STUB_LXC_CONTAINERS='uuid-a')
-    assert 'lxc-stop -k -P %s -n uuid-a' % os.path.dirname(made[0]) in \
-        devstack.calls('lxc-stop')
-    for path in made + [
-            os.path.dirname(made[0]), os.path.dirname(made[1]),
-            os.path.join(devstack.data, 'nova-lxd-py'),
-            os.path.join(devstack.nova_virt, 'lxc_py')]:
-        assert not os.path.lexists(path), path
-    # The subordinate ids stay.
-    assert 'root:' in devstack.read(devstack.subuid)
-
-
-# -- the files themselves --------------------------------------------------
-
-def test_local_conf_sample_enables_the_plugin():
-    with open(os.path.join(DEVSTACK, 'local.conf.sample')) as f:
-        text = f.read()
-    assert text.splitlines().count('[[local|localrc]]') == 1
-    assert re.search(r'^enable_plugin nova-lxd-py \S+$', text, re.M)
-    # Nothing of the machine it was written on.
-    assert not re.search(r'/(root|work|home)/', text)
-
-
-def _bashate():
-    exe = os.path.join(os.path.dirname(sys.executable), 'bashate')
-    if os.path.exists(exe):
-        return [exe]
-    if shutil.which('bashate'):
-        return [shutil.which('bashate')]
-    try:
-        import bashate  # noqa: F401
-    except ImportError:
-        return None
-    return [sys.executable, '-c',
-            'import sys; from bashate.bashate import main; sys.exit(main())']
-
-
-def test_shell_passes_bashate_with_every_rule_an_error():
-    command = _bashate()
-    if command is None:
-        pytest.skip('bashate is not installed (pip install bashate)')
-    files = [os.path.join(DEVSTACK, f) for f in SHELL_FILES] + [STUBS]
-    result = subprocess.run(command + ['-v', '-e', 'E*'] + files,
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_shell_parses():
-    for f in SHELL_FILES:
-        subprocess.run(['bash', '-n', os.path.join(DEVSTACK, f)],
-                       check=True)
