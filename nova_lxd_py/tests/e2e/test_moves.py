@@ -12,6 +12,7 @@ and network namespace.
 
 import os
 import shutil
+import time
 
 from nova.compute import power_state
 from nova.tests.functional.api import client
@@ -99,15 +100,27 @@ class MoveTestBase(base.ContainerTestBase):
                                               host=hostname)[0]
         self.admin_api.put_service(service['id'], {'status': 'disabled'})
 
-    def _resize_fault(self, uuid):
-        """The instance action event's traceback (the move's fault)."""
-        actions = self.api.get_instance_actions(uuid)
-        resize = [a for a in actions if a['action'] == 'resize'][0]
-        action = self.api.api_get(
-            '/servers/%s/os-instance-actions/%s' % (
-                uuid, resize['request_id'])).body['instanceAction']
-        # 'details' (microversion 2.84): the message of the fault.
-        return ' '.join(str(e.get('details')) for e in action['events'])
+    def _resize_fault(self, uuid, timeout=30):
+        """The messages of the resize's failed events (the move's fault).
+
+        Nova rolls the instance back to ACTIVE before the failed event is
+        finished with its message (wrap_instance_event writes it as the
+        exception leaves the method), so a test that saw ACTIVE waits for
+        the message too.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            actions = self.api.get_instance_actions(uuid)
+            resize = [a for a in actions if a['action'] == 'resize'][0]
+            action = self.api.api_get(
+                '/servers/%s/os-instance-actions/%s' % (
+                    uuid, resize['request_id'])).body['instanceAction']
+            # 'details' (microversion 2.84): the message of the fault.
+            details = [e['details'] for e in action['events']
+                       if e.get('details')]
+            if details or time.monotonic() > deadline:
+                return ' '.join(details)
+            time.sleep(0.1)
 
 
 class ResizeTest(MoveTestBase):
