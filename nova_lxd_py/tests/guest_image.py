@@ -15,11 +15,13 @@ import tarfile
 BUSYBOX = shutil.which('busybox') or '/bin/busybox'
 
 # The last respawn line is a root shell on the console (the serial console
-# tests type into it).
+# tests type into it), without job control (+m): an interactive ash with
+# job control keeps /dev/tty open, which CRIU cannot checkpoint ("ctty
+# inheritance detected"), and live migration and suspend checkpoint it.
 INITTAB = """\
 ::sysinit:/etc/init.d/rcS
 ::respawn:/bin/sh -c 'while :; do sleep 3600; done'
-::respawn:-/bin/sh
+::respawn:-/bin/sh +m
 ::shutdown:/bin/echo "guest init: shutting down"
 """
 
