@@ -172,6 +172,25 @@ OPTS = [
         default=60, min=1,
         help='Seconds to wait for the guest init to restart after a soft '
              'reboot request before falling back to a hard reboot.'),
+    cfg.BoolOpt(
+        'suspend_to_disk',
+        default=True,
+        help='``server suspend`` checkpoints the guest with CRIU into its '
+             'instance directory and stops it: its memory is freed and it '
+             'survives a restart of nova-compute or of the host; '
+             '``resume`` restores it, processes and open connections '
+             'included. Needs a CRIU that works on this host (nova-compute '
+             'says at start whether it does). False, no working CRIU, or a '
+             'guest CRIU cannot checkpoint (the log says why): the guest '
+             'is frozen in memory instead (cgroup freezer) and lost if the '
+             'host restarts.'),
+    cfg.IntOpt(
+        'checkpoint_timeout',
+        default=300, min=1,
+        help='Seconds a checkpoint (CRIU dump) or a restore of one guest '
+             'may take before it fails; a failed checkpoint leaves the '
+             'guest running, a failed restore keeps the checkpoint for '
+             'another resume.'),
 ]
 
 # Resize and cold migration move an instance's disks between compute

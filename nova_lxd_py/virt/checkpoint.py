@@ -45,6 +45,13 @@ TTY_INFO = 'tty.info'
 TTY_INFO_KEPT = 'tty.info.kept'
 RESTORE_CONFIG = 'config.restore'
 RESTORE_ROOT = 'restore-root'
+# A guest's checkpoint: in its container directory, nowhere else.
+IMAGES_DIR = 'checkpoint'
+
+
+def images_dir(name):
+    """Where the guest ``name``'s checkpoint is (CRIU's images)."""
+    return os.path.join(container.container_dir(name), IMAGES_DIR)
 
 
 @privsep.sys_admin_pctxt.entrypoint
@@ -149,12 +156,13 @@ class Checkpoints:
 # -- dump and restore (liblxc's lxc-checkpoint) ------------------------------
 
 @privsep.sys_admin_pctxt.entrypoint
-def dump(name: str, directory: str, timeout: int) -> str:
-    """Checkpoint the running guest into ``directory`` and stop it.
+def dump(name: str, timeout: int) -> str:
+    """Checkpoint the running guest into ``images_dir(name)`` and stop it.
 
     Returns '' when done (the guest is stopped, its ports back on this
     host), else why not, from CRIU's log (the guest then still runs).
     """
+    directory = images_dir(name)
     os.makedirs(directory, mode=0o700, exist_ok=True)
     code, out = _lxc_checkpoint(name, ['-s', '-D', directory], timeout)
     if code == 0:
@@ -163,10 +171,14 @@ def dump(name: str, directory: str, timeout: int) -> str:
 
 
 @privsep.sys_admin_pctxt.entrypoint
-def restore(name: str, directory: str, timeout: int) -> str:
-    """Restore the guest checkpointed in ``directory``; '' when it runs
-    again, else why not (nothing of the attempt is left then)."""
+def restore(name: str, timeout: int) -> str:
+    """Restore the guest checkpointed in ``images_dir(name)``; '' when it
+    runs again, else why not (nothing of the attempt is left then, the
+    checkpoint is kept)."""
     cdir = container.container_dir(name)
+    directory = images_dir(name)
+    if not os.path.exists(os.path.join(directory, 'inventory.img')):
+        return 'no checkpoint of the guest in %s' % directory
     text = container.read_config(name)
     root, mounted = _restore_root(cdir, text)
     tty_info = os.path.join(directory, TTY_INFO)

@@ -376,7 +376,7 @@ def _set_frozen(pid, frozen, timeout=10.0):
 @privsep.sys_admin_pctxt.entrypoint
 def mark(name: str, marker: str, present: bool) -> None:
     """Create or remove a flag file (e.g. 'suspended') in the container dir."""
-    if marker not in ('suspended', 'hotplugged'):
+    if marker not in ('suspended', 'checkpointed', 'hotplugged'):
         raise ValueError('unknown marker %r' % marker)
     path = os.path.join(container_dir(name), marker)
     if present:

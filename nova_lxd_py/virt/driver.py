@@ -41,13 +41,13 @@ from nova_lxd_py.virt import orphans
 from nova_lxd_py.virt import password
 from nova_lxd_py.virt import rescue
 from nova_lxd_py.virt import snapshots
+from nova_lxd_py.virt import suspend
 
 CONF = conf.CONF
 LOG = logging.getLogger(__name__)
 
 CONTAINER_HOST_TRAIT = 'CUSTOM_SYSTEM_CONTAINER_HOST'
 MAX_CONSOLE_BYTES = 100 * 1024
-SUSPENDED_MARKER = 'suspended'
 
 # liblxc state -> Nova power state; FROZEN depends on pause vs suspend.
 POWER_STATES = {
@@ -62,9 +62,13 @@ POWER_STATES = {
 }
 
 
-def power_state_for(lxc_state, suspended):
+def power_state_for(lxc_state, suspended, checkpointed=False):
+    """``suspended``: frozen by a suspend (not a pause); ``checkpointed``:
+    stopped by a suspend to disk."""
     state = POWER_STATES.get(lxc_state, power_state.NOSTATE)
     if state == power_state.PAUSED and suspended:
+        return power_state.SUSPENDED
+    if lxc_state == 'STOPPED' and checkpointed:
         return power_state.SUSPENDED
     return state
 
@@ -112,6 +116,7 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
         self._node_uuid = None
         self._guests = guest.Guests(self._backend, self._images)
         self._checkpoints = checkpoint.Checkpoints()
+        self._suspends = suspend.Suspends(self._checkpoints, self._activate)
         self._moves = migration.ColdMigrations(
             self._backend, virtapi, migration.GuestOps(
                 power_off=self.power_off, start=self._start,
@@ -228,9 +233,9 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
         lxc_state, _ = container.state(instance.uuid)
         if lxc_state == 'UNDEFINED':
             raise nova_exception.InstanceNotFound(instance_id=instance.uuid)
-        suspended = container.is_marked(instance.uuid, SUSPENDED_MARKER)
-        return hardware.InstanceInfo(
-            state=power_state_for(lxc_state, suspended))
+        return hardware.InstanceInfo(state=power_state_for(
+            lxc_state, container.is_marked(instance.uuid, suspend.FROZEN),
+            suspend.is_checkpointed(instance.uuid)))
 
     def spawn(self, context, instance, image_meta, injected_files,
               admin_password, allocations, network_info=None,
@@ -259,16 +264,21 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
         LOG.info('Container created from image %s', image_meta.id,
                  instance=instance)
 
-    def _start(self, instance):
+    def _activate(self, instance):
+        """Mount the guest's root and ephemeral disks, as a start needs."""
         cdir = container.container_dir(instance.uuid)
         self._backend.activate(cdir)
         ephemeral.activate(cdir)
+
+    def _start(self, instance):
+        self._activate(instance)
+        # A fresh start: a suspend's checkpoint or freeze is no more.
+        self._suspends.discard(instance)
         started, log = container.start(instance.uuid,
                                        CONF.lxc.start_timeout)
         if not started:
             raise exception.ContainerStartFailed(name=instance.uuid,
                                                  reason=log.strip()[-1000:])
-        container.mark(instance.uuid, SUSPENDED_MARKER, False)
         container.mark(instance.uuid, hotplug.HOTPLUGGED, False)
 
     def _remove(self, instance):
@@ -377,6 +387,8 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
     # -- power -------------------------------------------------------------
 
     def power_off(self, instance, timeout=0, retry_interval=0):
+        # Off is off: a suspended guest does not come back from it.
+        self._suspends.discard(instance)
         lxc_state, _ = container.state(instance.uuid)
         if lxc_state == 'RUNNING' and timeout and \
                 self._clean_shutdown(instance, timeout, retry_interval):
@@ -408,7 +420,7 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
         lxc_state, _ = container.state(instance.uuid)
         if lxc_state in ('FROZEN', 'FREEZING'):
             container.set_frozen(instance.uuid, False)
-            container.mark(instance.uuid, SUSPENDED_MARKER, False)
+            container.mark(instance.uuid, suspend.FROZEN, False)
         elif lxc_state != 'RUNNING':
             self.plug_vifs(instance, network_info)
             self._start(instance)
@@ -448,18 +460,23 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
     def unpause(self, instance):
         container.set_frozen(instance.uuid, False)
 
+    # -- suspend to disk (virt/suspend.py) ---------------------------------
+
     def suspend(self, context, instance):
-        # The cgroup freezer keeps the guest in memory; nothing goes to disk.
-        container.set_frozen(instance.uuid, True)
-        container.mark(instance.uuid, SUSPENDED_MARKER, True)
+        self._suspends.suspend(instance)
 
     def resume(self, context, instance, network_info, block_device_info=None,
                share_info=None):
-        container.set_frozen(instance.uuid, False)
-        container.mark(instance.uuid, SUSPENDED_MARKER, False)
+        self._suspends.resume(instance, network_info)
 
     def resume_state_on_host_boot(self, context, instance, network_info,
                                   share_info, block_device_info=None):
+        if suspend.is_checkpointed(instance.uuid):
+            # Its checkpoint outlived the host's restart: it stays
+            # suspended until it is resumed.
+            LOG.info('Guest stays suspended (checkpointed to disk)',
+                     instance=instance)
+            return
         self.power_on(context, instance, network_info, block_device_info)
 
     def get_console_output(self, context, instance):

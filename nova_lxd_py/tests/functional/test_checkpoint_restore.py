@@ -8,8 +8,6 @@ root file system is mounted again for it, and its console works again
 """
 
 import os
-import shutil
-import tempfile
 import time
 
 from nova_lxd_py.tests.functional import driver_base
@@ -32,8 +30,6 @@ class CheckpointRestoreTest(driver_base.DriverTestCase):
         if not self.driver._checkpoints.available:
             self.skipTest('no working CRIU: %s'
                           % self.driver._checkpoints.reason)
-        self.images_dir = tempfile.mkdtemp(prefix='nova-lxd-py-ckpt-')
-        self.addCleanup(shutil.rmtree, self.images_dir, True)
 
     def guest_pids(self, instance):
         out = self.run_in_guest(instance, 'ps', '-o', 'pid,args')
@@ -57,16 +53,14 @@ class CheckpointRestoreTest(driver_base.DriverTestCase):
         before = self.guest_pids(instance)
 
         started = time.monotonic()
-        self.assertEqual('', checkpoint.dump(instance.uuid, self.images_dir,
-                                             TIMEOUT))
+        self.assertEqual('', checkpoint.dump(instance.uuid, TIMEOUT))
         dumped = time.monotonic() - started
         self.assertEqual('STOPPED', container.state(instance.uuid)[0])
-        self.assertTrue(os.path.exists(os.path.join(self.images_dir,
-                                                    'pstree.img')))
+        self.assertTrue(os.path.exists(os.path.join(
+            checkpoint.images_dir(instance.uuid), 'pstree.img')))
 
         started = time.monotonic()
-        self.assertEqual('', checkpoint.restore(instance.uuid,
-                                                self.images_dir, TIMEOUT))
+        self.assertEqual('', checkpoint.restore(instance.uuid, TIMEOUT))
         restored = time.monotonic() - started
         self.assertEqual('RUNNING', container.state(instance.uuid)[0])
         self.assertEqual(before, self.guest_pids(instance))
@@ -95,7 +89,7 @@ class CheckpointRestoreTest(driver_base.DriverTestCase):
     def test_restore_of_no_checkpoint_says_why_and_leaves_nothing(self):
         instance = self.spawn()
         self.driver.power_off(instance, timeout=0)
-        why = checkpoint.restore(instance.uuid, self.images_dir, TIMEOUT)
+        why = checkpoint.restore(instance.uuid, TIMEOUT)
         self.assertNotEqual('', why)
         self.assertEqual('STOPPED', container.state(instance.uuid)[0])
         self.assertEqual([], self.restore_mounts())
@@ -112,6 +106,6 @@ class CheckpointRestoreTest(driver_base.DriverTestCase):
         # CRIU refuses it (its session leader is outside the guest).
         self.run_in_guest(instance, 'sh', '-c',
                           'sleep 300 >/dev/null 2>&1 & exit 0')
-        why = checkpoint.dump(instance.uuid, self.images_dir, TIMEOUT)
+        why = checkpoint.dump(instance.uuid, TIMEOUT)
         self.assertNotEqual('', why)
         self.assertEqual(('RUNNING', pid), container.state(instance.uuid))

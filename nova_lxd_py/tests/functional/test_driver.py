@@ -172,7 +172,9 @@ class LifecycleTest(DriverTestCase):
         self.run_in_guest(instance, 'true')
 
     def test_power_on_thaws_suspended(self):
-        # After a host reboot Nova powers on what it believes is running.
+        # After a host reboot Nova powers on what it believes is running;
+        # a guest frozen by suspend (not checkpointed to disk) is thawed.
+        self.flags(group='lxc', suspend_to_disk=False)
         instance = self.spawn()
         self.driver.suspend(self.context, instance)
         self.driver.resume_state_on_host_boot(self.context, instance, None,

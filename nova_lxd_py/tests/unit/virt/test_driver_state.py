@@ -1,4 +1,4 @@
-"""liblxc state (and our suspended marker) -> Nova power state."""
+"""liblxc state (and our suspend markers) -> Nova power state."""
 
 import ddt
 from nova.compute import power_state
@@ -32,3 +32,17 @@ class PowerStateForTest(base.BaseTestCase):
     def test_power_state_for_lxc_state(self, lxc_state, suspended, expected):
         self.assertEqual(expected,
                          driver.power_state_for(lxc_state, suspended))
+
+    @ddt.unpack
+    @ddt.data(
+        # Checkpointed to disk: stopped as liblxc sees it, suspended.
+        ('STOPPED', power_state.SUSPENDED),
+        # Running again (restored, or started afresh before the marker
+        # went): what liblxc says.
+        ('RUNNING', power_state.RUNNING),
+        ('STOPPING', power_state.SHUTDOWN),
+        ('ABORTING', power_state.CRASHED),
+    )
+    def test_checkpointed_guest(self, lxc_state, expected):
+        self.assertEqual(expected, driver.power_state_for(
+            lxc_state, False, checkpointed=True))
