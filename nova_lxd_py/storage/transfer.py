@@ -26,6 +26,8 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
+import threading
 
 from oslo_config import cfg
 from oslo_utils import uuidutils
@@ -214,3 +216,129 @@ def remove_incoming() -> list:
     for name in names:
         shutil.rmtree(os.path.join(top, name), ignore_errors=True)
     return sorted(names)
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def entries_of(source_dir: str) -> list:
+    """Every entry of an instance's directory (a live migration takes
+    them all: the container's config, disks, checkpoint, console log)."""
+    return _entries(sorted(os.listdir(_confined(source_dir))))
+
+
+def arrival_argv(name):
+    """The destination's side of a live migration, run there over ssh:
+    ``python -m nova_lxd_py.virt.arrive`` with this host's paths (which
+    every host shares, as it shares ``[lxc] container_path``)."""
+    return [sys.executable, '-I', '-m', 'nova_lxd_py.virt.arrive',
+            '--container-path', CONF.lxc.container_path,
+            '--image-cache-path', CONF.lxc.image_cache_path,
+            '--root-disk-backend', CONF.lxc.root_disk_backend,
+            '--timeout', str(CONF.lxc.checkpoint_timeout),
+            _uuid(name)]
+
+
+# Live migrations under way from this host: instance uuid -> the ssh
+# process running nova_lxd_py.virt.arrive on the destination.
+_ARRIVALS = {}
+READY = b'ready\n'
+GO = b'go\n'
+
+
+def _close_stdin(proc):
+    """End the destination's input; communicate() must not touch it."""
+    try:
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    proc.stdin = None
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def arrival_start(host: str, name: str) -> None:
+    """Start the destination's side of instance ``name``'s live migration
+    on ``host`` and wait until it is ready (its imports done, before the
+    guest is checkpointed: none of it counts as the guest's downtime).
+    Raises OSError with what it said if it does not get ready."""
+    _uuid(name)
+    if name in _ARRIVALS:
+        raise OSError('a live migration of %s is under way already' % name)
+    script = ' '.join(shlex.quote(a) for a in arrival_argv(name))
+    proc = subprocess.Popen(ssh_argv(host) + [script],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    deadline = CONF.lxc.migration_ssh_connect_timeout + 60
+    ready = [b'']
+
+    def read_ready():
+        ready[0] = proc.stdout.readline()
+
+    reader = threading.Thread(target=read_ready, daemon=True)
+    reader.start()
+    reader.join(deadline)
+    if ready[0] != READY:
+        proc.kill()
+        _, err = proc.communicate()
+        raise OSError('the destination %s did not get ready: %s' % (
+            host, _tail(err) or 'no answer within %d s' % deadline))
+    _ARRIVALS[name] = proc
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def arrival_finish(source_dir: str, entries: list, name: str) -> dict:
+    """Stream ``entries`` of ``source_dir`` to the ready destination of
+    instance ``name``, which unpacks them as its directory and restores
+    the guest. {'sent': bytes, 'error': '' once the guest runs there,
+    else why not}; the destination then keeps nothing but, if the
+    restore failed, the directory (for Nova's rollback there)."""
+    source_dir, entries = _confined(source_dir), _entries(entries)
+    proc = _ARRIVALS.pop(_uuid(name), None)
+    if proc is None:
+        return {'sent': 0, 'error': 'no destination is ready for %s' % name}
+    tar = subprocess.Popen(TAR_CREATE + ['-C', source_dir, '--'] + entries,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sent = 0
+    try:
+        proc.stdin.write(GO)
+        while True:
+            chunk = tar.stdout.read(1 << 20)
+            if not chunk:
+                break
+            proc.stdin.write(chunk)
+            sent += len(chunk)
+    except BrokenPipeError:
+        pass   # the destination gave up: its stderr says why
+    finally:
+        tar.stdout.close()
+        _close_stdin(proc)
+        tar_rc = tar.wait()
+        tar_err = tar.stderr.read()
+    try:
+        out, err = proc.communicate(
+            timeout=CONF.lxc.checkpoint_timeout + 60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return {'sent': sent, 'error': 'the destination did not answer in '
+                'time'}
+    if tar_rc:
+        return {'sent': sent, 'error': 'reading %s failed: %s' % (
+            source_dir, _tail(tar_err))}
+    if proc.returncode:
+        return {'sent': sent, 'error': 'the destination failed (exit %d): '
+                '%s' % (proc.returncode, _tail(err) or 'no message')}
+    return {'sent': sent, 'error': ''}
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def arrival_cancel(name: str) -> None:
+    """The live migration of ``name`` stops before its data was sent: the
+    destination's side ends, leaving nothing."""
+    proc = _ARRIVALS.pop(_uuid(name), None)
+    if proc is None:
+        return
+    _close_stdin(proc)
+    try:
+        proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()

@@ -36,6 +36,7 @@ from nova_lxd_py.virt import container
 from nova_lxd_py.virt import guest
 from nova_lxd_py.virt import host
 from nova_lxd_py.virt import hotplug
+from nova_lxd_py.virt import live_migration
 from nova_lxd_py.virt import migration
 from nova_lxd_py.virt import orphans
 from nova_lxd_py.virt import password
@@ -117,6 +118,9 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
         self._guests = guest.Guests(self._backend, self._images)
         self._checkpoints = checkpoint.Checkpoints()
         self._suspends = suspend.Suspends(self._checkpoints, self._activate)
+        self._lives = live_migration.LiveMigrations(
+            self._backend, self._checkpoints, self._guests.setup,
+            self._start)
         self._moves = migration.ColdMigrations(
             self._backend, virtapi, migration.GuestOps(
                 power_off=self.power_off, start=self._start,
@@ -315,6 +319,13 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
             # down) must not keep an instance from being deleted; the
             # veth pairs go regardless.
             self._unplug_quietly(instance, network_info)
+        if migrate_data is not None:
+            # The source after a live migration: the guest's directory was
+            # set aside (its own path may be the destination's copy where
+            # the two share a file system).
+            if destroy_disks:
+                self._lives.cleanup_source(instance)
+            return
         if destroy_disks:
             self._remove(instance)
 
@@ -344,6 +355,60 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
                                 power_on=True, share_info=None):
         self._moves.finish_revert_migration(
             context, instance, network_info or [], migration, power_on)
+
+    # -- live migration (virt/live_migration.py) ---------------------------
+
+    def check_can_live_migrate_destination(self, context, instance,
+                                           src_compute_info, dst_compute_info,
+                                           block_migration=False,
+                                           disk_over_commit=False):
+        return self._lives.check_destination(context, instance)
+
+    def cleanup_live_migration_destination_check(self, context,
+                                                 dest_check_data):
+        # The destination's check made nothing that needs removing.
+        pass
+
+    def check_can_live_migrate_source(self, context, instance,
+                                      dest_check_data,
+                                      block_device_info=None):
+        return self._lives.check_source(context, instance, dest_check_data)
+
+    def pre_live_migration(self, context, instance, block_device_info,
+                           network_info, disk_info, migrate_data):
+        return self._lives.pre_live_migration(context, instance,
+                                              network_info, migrate_data)
+
+    def live_migration(self, context, instance, dest, post_method,
+                       recover_method, block_migration=False,
+                       migrate_data=None):
+        self._lives.live_migration(context, instance, dest, post_method,
+                                   recover_method, block_migration,
+                                   migrate_data)
+
+    def post_live_migration_at_source(self, context, instance, network_info):
+        # The guest left with its checkpoint; its ports here go.
+        self._unplug_quietly(instance, network_info)
+
+    def post_live_migration_at_destination(self, context, instance,
+                                           network_info,
+                                           block_migration=False,
+                                           block_device_info=None):
+        if container.state(instance.uuid)[0] != 'RUNNING':
+            raise nova_exception.MigrationError(
+                reason='the guest does not run on %s after its restore' %
+                CONF.host)
+        LOG.info('Live migration arrived: the guest runs here',
+                 instance=instance)
+
+    def rollback_live_migration_at_destination(self, context, instance,
+                                               network_info,
+                                               block_device_info,
+                                               destroy_disks=True,
+                                               migrate_data=None):
+        self._lives.rollback_destination(
+            instance, network_info,
+            self._remove_dir if destroy_disks else None)
 
     # -- networking --------------------------------------------------------
 

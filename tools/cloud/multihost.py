@@ -18,6 +18,7 @@ their times; smoke.py sums them up with its own.
 
 import importlib.util
 import json
+import re
 import os
 import shlex
 import subprocess
@@ -35,6 +36,7 @@ CLEANUP_SECONDS = 180
 # Server-side microversions of the commands below: migrate --host (2.56),
 # evacuate without onSharedStorage (2.29), service set --down (2.11).
 COMPUTE_API = '2.56'
+LIVE_PING_SECONDS = 25
 
 
 def _driver_capability(name):
@@ -64,6 +66,8 @@ class MultiHost:
         self.moves = importlib.util.find_spec(
             'nova_lxd_py.virt.migration') is not None
         self.evacuates = _driver_capability('supports_evacuate')
+        self.lives = importlib.util.find_spec(
+            'nova_lxd_py.virt.live_migration') is not None
 
     # -- tools -------------------------------------------------------------
 
@@ -306,6 +310,56 @@ class MultiHost:
         return 'a migrated --host %s (cold), confirmed; %s' % (
             target, self.pings('a', 'b'))
 
+    def guest_processes(self, label):
+        """Server ``label``'s own processes (pid and command)."""
+        proc = self.on(self.host_of(label), [
+            'lxc-attach', '-n', self.servers[label], '-P',
+            self.args.container_path, '--', '/bin/ps', '-o', 'pid,args'])
+        check(proc.returncode == 0, 'ps in %s: %s' % (label, proc.stderr))
+        return sorted(line.strip() for line in proc.stdout.splitlines()[1:]
+                      if not line.split(None, 1)[1].startswith(
+                          ('/bin/ps', 'ps ', '{ps}')))
+
+    def step_live_migrate(self):
+        if not self.lives:
+            raise NotRun('nova_lxd_py.virt.live_migration is not in the '
+                         'installed driver')
+        source = self.host_of('a')
+        target = self.other(source)
+        before = self.guest_processes('a')
+        # b pings a every 50 ms through the move (busybox ping in b).
+        pinger = subprocess.Popen(
+            shlex.split(self.hosts[self.host_of('b')]) + [
+                'lxc-attach', '-n', self.servers['b'], '-P',
+                self.args.container_path, '--', '/bin/ping', '-i', '0.05',
+                '-w', str(LIVE_PING_SECONDS), '-q', self.address('a')],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            started = time.monotonic()
+            self.osc('server', 'migrate', '--live-migration', '--host',
+                     target, self.servers['a'])
+            self.moved('a', 'ACTIVE', target, seconds=60)
+            self.timings['live_migrate'] = time.monotonic() - started
+            out, _ = pinger.communicate(timeout=LIVE_PING_SECONDS + 30)
+        finally:
+            if pinger.poll() is None:
+                pinger.kill()
+                pinger.communicate()
+        check(not self.has_container(source, self.servers['a']),
+              'container left on %s after the live migration' % source)
+        after = self.guest_processes('a')
+        check(after == before, 'the guest\'s processes changed: %s, then %s'
+              % (before, after))
+        counts = re.search(r'(\d+) packets transmitted, (\d+) (?:packets )?'
+                           r'received', out)
+        check(counts, 'ping from b said: %s' % out.strip()[-300:])
+        sent, received = int(counts.group(1)), int(counts.group(2))
+        self.timings['live_migrate_pings_lost'] = sent - received
+        return 'a %s -> %s live in %.1f s, the same %d processes; b pinged ' \
+            'it every 50 ms: %d sent, %d lost (%.2f s without answers)' % (
+                source, target, self.timings['live_migrate'], len(after),
+                sent, sent - received, (sent - received) * 0.05)
+
     def port_of(self, label):
         ports = list(self.conn.network.ports(device_id=self.servers[label]))
         check(len(ports) == 1, 'ports of %s: %s' % (label, ports))
@@ -435,7 +489,8 @@ class MultiHost:
             ', '.join(deleted))
 
     STEPS = ('mh_boot', 'mh_dhcp_ping', 'mh_cross_ping', 'mh_isolation',
-             'resize', 'migrate_revert', 'migrate_host', 'rebuild',
+             'resize', 'migrate_revert', 'migrate_host', 'live_migrate',
+             'rebuild',
              'unshelve_other', 'evacuate',
              'recover', 'mh_cleanup')
 

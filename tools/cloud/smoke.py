@@ -169,6 +169,7 @@ class Smoke:
         self.args = args
         self.conn = openstack.connect(cloud=args.cloud)
         self.server_id = None
+        self.suspended = None
         self.name = 'smoke-%d' % time.time()
         self.results = []
         self.timings = {}
@@ -526,17 +527,47 @@ class Smoke:
         self.guest_ps()
         return 'ACTIVE, thawed, guest answers'
 
+    def guest_processes(self):
+        """The guest's own processes (pid and command), not the ps."""
+        code, out = self.lxc('lxc-attach', '--', '/bin/ps', '-o', 'pid,args')
+        check(code == 0, 'lxc-attach exited %d: %s' % (code, out))
+        return sorted(line.strip() for line in out.splitlines()[1:]
+                      if not line.split(None, 1)[1].startswith(
+                          ('/bin/ps', 'ps ', '{ps}')))
+
     def step_suspend(self):
+        self.suspended = self.guest_processes()
         self.osc('server', 'suspend', self.server_id)
+        self.wait_status('SUSPENDED')
+        state = self.lxc_state()
+        if state == 'STOPPED':
+            # Suspended to disk: CRIU's checkpoint in the instance's
+            # directory, no process of the guest left.
+            path = os.path.join(self.args.container_path, self.server_id,
+                                'checkpoint', 'pstree.img')
+            check(self.on_host(['test', '-e', path]).returncode == 0,
+                  'STOPPED without a checkpoint (%s)' % path)
+            return 'SUSPENDED, checkpointed to disk by CRIU (liblxc: ' \
+                'STOPPED, %d guest processes in the checkpoint)' % len(
+                    self.suspended)
+        self.suspended = None
         state = self.expect('SUSPENDED', 'FROZEN', frozen=True)
-        return 'SUSPENDED, cgroup freezer FROZEN (liblxc: %s)' % state
+        return 'SUSPENDED, frozen in memory: no CRIU checkpoint (liblxc: ' \
+            '%s)' % state
 
     def step_resume(self):
         self.osc('server', 'resume', self.server_id)
         self.expect('ACTIVE', 'RUNNING', frozen=False)
         self.guest_ps()
-        return 'ACTIVE, thawed, guest answers; ping after %.1f s' % (
-            self.ping())
+        how = 'thawed'
+        if self.suspended is not None:
+            now = self.guest_processes()
+            check(now == self.suspended, 'the guest\'s processes changed '
+                  'over suspend and resume: %s, then %s' % (
+                      self.suspended, now))
+            how = 'restored from its checkpoint, the same %d processes' % (
+                len(now))
+        return 'ACTIVE, %s; ping after %.1f s' % (how, self.ping())
 
     def step_delete(self):
         self.osc('server', 'delete', '--wait', self.server_id)

@@ -56,7 +56,7 @@ class SuspendMixin:
         out = self.run_in_guest(instance, 'ps', '-o', 'pid,args')
         return sorted(line for line in out.splitlines()[1:]
                       if not line.split(None, 1)[1].startswith(
-                          ('ps ', 'sleep ')))
+                          ('ps ', 'sleep ', '{exe} sleep ')))
 
     def assert_checkpointed(self, instance):
         self.assertEqual(power_state.SUSPENDED, self.state(instance))

@@ -37,7 +37,12 @@ NETWORKING = ['plug_vifs', 'unplug_vifs', 'module:nova_lxd_py.vif.driver']
 VOLUMES = ['get_volume_connector', 'module:nova_lxd_py.storage.volumes']
 LIVE_MIGRATION = ['check_can_live_migrate_destination',
                   'check_can_live_migrate_source', 'pre_live_migration',
-                  'live_migration', 'post_live_migration_at_destination']
+                  'live_migration', 'post_live_migration_at_destination',
+                  'post_live_migration_at_source',
+                  'rollback_live_migration_at_destination',
+                  'cleanup_live_migration_destination_check',
+                  'module:nova_lxd_py.virt.live_migration',
+                  'module:nova_lxd_py.virt.arrive']
 MIGRATION = ['migrate_disk_and_power_off', 'finish_migration',
              'confirm_migration', 'finish_revert_migration']
 
