@@ -324,36 +324,36 @@ class MultiHost:
         if not self.lives:
             raise NotRun('nova_lxd_py.virt.live_migration is not in the '
                          'installed driver')
-        # A server of its own, c, so that the moves after this one start
-        # from a server that never moved live.
-        self.boot('c', self.other(self.host_of('b')))
-        self.wait_status('c', 'ACTIVE')
-        self.dhcp_ping('c')
-        self.guest_ping('b', 'c')
-        source = self.host_of('c')
+        # A server of its own ('live'), so that the moves after this one
+        # start from a server that never moved live.
+        self.boot('live', self.other(self.host_of('b')))
+        self.wait_status('live', 'ACTIVE')
+        self.dhcp_ping('live')
+        self.guest_ping('b', 'live')
+        source = self.host_of('live')
         target = self.other(source)
-        before = self.guest_processes('c')
-        # b pings c every 50 ms through the move (busybox ping in b).
+        before = self.guest_processes('live')
+        # b pings it every 50 ms through the move (busybox ping in b).
         pinger = subprocess.Popen(
             shlex.split(self.hosts[self.host_of('b')]) + [
                 'lxc-attach', '-n', self.servers['b'], '-P',
                 self.args.container_path, '--', '/bin/ping', '-i', '0.05',
-                '-w', str(LIVE_PING_SECONDS), '-q', self.address('c')],
+                '-w', str(LIVE_PING_SECONDS), '-q', self.address('live')],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             started = time.monotonic()
             self.osc('server', 'migrate', '--live-migration', '--host',
-                     target, self.servers['c'])
-            self.moved('c', 'ACTIVE', target, seconds=60)
+                     target, self.servers['live'])
+            self.moved('live', 'ACTIVE', target, seconds=60)
             self.timings['live_migrate'] = time.monotonic() - started
             out, _ = pinger.communicate(timeout=LIVE_PING_SECONDS + 30)
         finally:
             if pinger.poll() is None:
                 pinger.kill()
                 pinger.communicate()
-        check(not self.has_container(source, self.servers['c']),
+        check(not self.has_container(source, self.servers['live']),
               'container left on %s after the live migration' % source)
-        after = self.guest_processes('c')
+        after = self.guest_processes('live')
         check(after == before, 'the guest\'s processes changed: %s, then %s'
               % (before, after))
         counts = re.search(r'(\d+) packets transmitted, (\d+) (?:packets )?'
@@ -361,11 +361,12 @@ class MultiHost:
         check(counts, 'ping from b said: %s' % out.strip()[-300:])
         sent, received = int(counts.group(1)), int(counts.group(2))
         self.timings['live_migrate_pings_lost'] = sent - received
-        self.conn.compute.delete_server(self.servers.pop('c'))
-        return 'c %s -> %s live in %.1f s, the same %d processes; b pinged ' \
-            'it every 50 ms: %d sent, %d lost (%.2f s without answers)' % (
-                source, target, self.timings['live_migrate'], len(after),
-                sent, sent - received, (sent - received) * 0.05)
+        self.conn.compute.delete_server(self.servers.pop('live'))
+        return ('server live %s -> %s in %.1f s, the same %d processes; b '
+                'pinged it every 50 ms: %d sent, %d lost (%.2f s without '
+                'answers)' % (source, target, self.timings['live_migrate'],
+                              len(after), sent, sent - received,
+                              (sent - received) * 0.05))
 
     def port_of(self, label):
         ports = list(self.conn.network.ports(device_id=self.servers[label]))
