@@ -235,9 +235,11 @@ class RawGuest:
                 'lxc.mount.auto = proc:mixed sys:ro',
                 'lxc.autodev = 1',
                 'lxc.cgroup2.memory.max = %d' % ((mem_mb + 256) << 20),
-                'lxc.init.cmd = /bin/sh -c "exec sleep 2147483647"',
+                # liblxc splits the command on blanks, without quoting.
+                'lxc.init.cmd = /bin/sleep 2147483647',
                 '']))
         self.lxc('lxc-start', '-d')
+        self.lxc('lxc-wait', '-s', 'RUNNING', '-t', '30')
         self.lxc('lxc-attach', '--', 'sh', '-c', (
             'setsid /%s %d /tmp/held </dev/null >/dev/null 2>&1 &'
             % (GUEST_HOLDER, mem_mb)))
