@@ -135,7 +135,10 @@ class LifecycleTest(base.ContainerTestBase):
         self.assertEqual(('RUNNING', init), container.state(uuid))
         self.run_in_guest(uuid, 'true')
 
-    def test_suspend_freezes_and_resume_thaws(self):
+    def test_suspend_in_memory_freezes_and_resume_thaws(self):
+        # Suspend to disk is in test_live_migration.py; this is the
+        # freezer, where suspend_to_disk is off or CRIU cannot be used.
+        self.flags(group='lxc', suspend_to_disk=False)
         server = self._boot_server()
         uuid = server['id']
         init = self.init_pid(uuid)
