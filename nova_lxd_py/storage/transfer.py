@@ -118,6 +118,42 @@ def _tail(text, limit=1000):
     return text[-limit:]
 
 
+def _pump(tar, sink, first=b''):
+    """``first``, then tar's output, into ``sink``; the bytes of tar's.
+    A destination that gave up ends it early (its stderr says why)."""
+    sent = 0
+    try:
+        sink.write(first)
+        while True:
+            chunk = tar.stdout.read(1 << 20)
+            if not chunk:
+                break
+            sink.write(chunk)
+            sent += len(chunk)
+    except BrokenPipeError:
+        pass
+    return sent
+
+
+def fill_into_place(name, fill):
+    """Instance ``name``'s directory on this host, made whole or not at
+    all: ``fill(path)`` fills a fresh ``.incoming/<uuid>``, which is then
+    renamed into place, unless the instance has a directory here already.
+    On any failure the incoming directory goes."""
+    inc, final = _confined(incoming_dir(name)), final_dir(name)
+    shutil.rmtree(inc, ignore_errors=True)
+    os.makedirs(os.path.dirname(inc), mode=0o711, exist_ok=True)
+    os.mkdir(inc, 0o711)
+    try:
+        fill(inc)
+        if os.path.lexists(final):
+            raise OSError('%s exists already' % final)
+        os.rename(inc, final)
+    except BaseException:
+        shutil.rmtree(inc, ignore_errors=True)
+        raise
+
+
 @privsep.sys_admin_pctxt.entrypoint
 def send(source_dir: str, entries: list, host: str, name: str) -> int:
     """Stream ``entries`` of ``source_dir`` to instance ``name``'s
@@ -138,16 +174,8 @@ def send(source_dir: str, entries: list, host: str, name: str) -> int:
         tar.kill()
         tar.wait()
         raise
-    sent = 0
     try:
-        while True:
-            chunk = tar.stdout.read(1 << 20)
-            if not chunk:
-                break
-            remote.stdin.write(chunk)
-            sent += len(chunk)
-    except BrokenPipeError:
-        pass   # the destination gave up: its stderr says why
+        sent = _pump(tar, remote.stdin)
     finally:
         tar.stdout.close()
         try:
@@ -171,11 +199,8 @@ def copy_local(source_dir: str, entries: list, name: str) -> None:
     """The same-host variant of send(): a local copy (reflinks where the
     file system has them, sparse files kept sparse)."""
     source_dir, entries = _confined(source_dir), _entries(entries)
-    inc, final = _confined(incoming_dir(name)), final_dir(name)
-    shutil.rmtree(inc, ignore_errors=True)
-    os.makedirs(os.path.dirname(inc), mode=0o711, exist_ok=True)
-    os.mkdir(inc, 0o711)
-    try:
+
+    def copy(inc):
         for entry in entries:
             proc = subprocess.run(
                 ['cp', '-a', '--sparse=always', '--reflink=auto', '-T',
@@ -184,12 +209,8 @@ def copy_local(source_dir: str, entries: list, name: str) -> None:
             if proc.returncode:
                 raise OSError('copying %s failed: %s' % (
                     entry, _tail(proc.stderr)))
-        if os.path.lexists(final):
-            raise OSError('%s exists already' % final)
-        os.rename(inc, final)
-    except BaseException:
-        shutil.rmtree(inc, ignore_errors=True)
-        raise
+
+    fill_into_place(name, copy)
 
 
 @privsep.sys_admin_pctxt.entrypoint
@@ -296,17 +317,8 @@ def arrival_finish(source_dir: str, entries: list, name: str) -> dict:
         return {'sent': 0, 'error': 'no destination is ready for %s' % name}
     tar = subprocess.Popen(TAR_CREATE + ['-C', source_dir, '--'] + entries,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    sent = 0
     try:
-        proc.stdin.write(GO)
-        while True:
-            chunk = tar.stdout.read(1 << 20)
-            if not chunk:
-                break
-            proc.stdin.write(chunk)
-            sent += len(chunk)
-    except BrokenPipeError:
-        pass   # the destination gave up: its stderr says why
+        sent = _pump(tar, proc.stdin, first=GO)
     finally:
         tar.stdout.close()
         _close_stdin(proc)

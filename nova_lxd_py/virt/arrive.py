@@ -26,7 +26,6 @@ the same ``[lxc] container_path`` for cold moves).
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -78,22 +77,14 @@ def read_line(fd):
 
 def unpack(name, fd):
     """The tar stream on ``fd`` as instance ``name``'s directory."""
-    inc, final = transfer.incoming_dir(name), transfer.final_dir(name)
-    shutil.rmtree(inc, ignore_errors=True)
-    os.makedirs(os.path.dirname(inc), mode=0o711, exist_ok=True)
-    os.mkdir(inc, 0o711)
-    try:
+    def extract(inc):
         done = subprocess.run(transfer.TAR_EXTRACT + ['-C', inc], stdin=fd,
                               capture_output=True)
         if done.returncode:
             raise OSError('unpacking failed: %s' % done.stderr.decode(
                 errors='replace').strip()[-500:])
-        if os.path.lexists(final):
-            raise OSError('%s exists already' % final)
-        os.rename(inc, final)
-    except BaseException:
-        shutil.rmtree(inc, ignore_errors=True)
-        raise
+
+    transfer.fill_into_place(name, extract)
 
 
 def restore(args):

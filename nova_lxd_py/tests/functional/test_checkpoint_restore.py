@@ -11,35 +11,19 @@ import os
 import time
 
 from nova_lxd_py.tests.functional import driver_base
+from nova_lxd_py.tests.functional import test_suspend
 from nova_lxd_py.virt import checkpoint
 from nova_lxd_py.virt import container
 
 TIMEOUT = 60
-# A process of the guest's own: in its own session, nothing of the
-# attach's descriptors (CRIU dumps only what the guest itself runs).
-COUNTER = ("setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/n; "
-           "sleep 0.1; done' </dev/null >/dev/null 2>&1 &")
+COUNTER = test_suspend.COUNTER
 
 
-class CheckpointRestoreTest(driver_base.DriverTestCase):
+class CheckpointRestoreTest(test_suspend.SuspendMixin,
+                            driver_base.DriverTestCase):
+    """Skipped without a working CRIU (SuspendMixin)."""
 
     share_image_cache = True
-
-    def setUp(self):
-        super().setUp()
-        if not self.driver._checkpoints.available:
-            self.skipTest('no working CRIU: %s'
-                          % self.driver._checkpoints.reason)
-
-    def guest_pids(self, instance):
-        out = self.run_in_guest(instance, 'ps', '-o', 'pid,args')
-        # Not the ps itself nor the counter's short-lived sleeps.
-        return sorted(line for line in out.splitlines()[1:]
-                      if not line.split(None, 1)[1].startswith(
-                          ('ps ', 'sleep 0.1')))
-
-    def counter(self, instance):
-        return int(self.run_in_guest(instance, 'cat', '/tmp/n'))
 
     def restore_mounts(self):
         with open('/proc/mounts') as f:
