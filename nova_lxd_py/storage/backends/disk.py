@@ -15,6 +15,7 @@ namespace, and liblxc's rootfs (overlay or directory) must be a path.
 import os
 import re
 import subprocess
+import time
 
 from oslo_config import cfg
 
@@ -26,6 +27,8 @@ IMAGE = 'root.img'
 MOUNT = 'disk'
 ROOT = 'root'
 # Names of an instance's other disks (ephemeral0, ephemeral1, ...).
+# How long unmount waits for a just-stopped guest to let go of a disk.
+DETACH_SECONDS = 10
 _NAME = re.compile(r'^ephemeral[0-9]{1,3}$')
 
 
@@ -112,7 +115,8 @@ def mount(container_dir: str, name: str = ROOT) -> None:
 @privsep.sys_admin_pctxt.entrypoint
 def unmount(container_dir: str, name: str = ROOT) -> None:
     """Unmount it (the loop device goes with it); no error if it is not."""
-    point = os.path.join(_confined(container_dir), _files(name)[1])
+    cdir = _confined(container_dir)
+    image, point = (os.path.join(cdir, f) for f in _files(name))
     if os.path.ismount(point):
         try:
             _run(['umount', point])
@@ -120,6 +124,21 @@ def unmount(container_dir: str, name: str = ROOT) -> None:
             # Busy (a process of a guest that is being killed still holds
             # it): detach now, the kernel frees it with its last user.
             _run(['umount', '--lazy', point])
+            return
+    # A guest that just stopped may still hold the file system in its
+    # mount namespace, which the kernel tears down a moment later: until
+    # then it can still write (its journal), and a move copying the image
+    # would read it changing. Its loop device goes with its last user.
+    deadline = time.monotonic() + DETACH_SECONDS
+    while _loop_of(image) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _loop_of(image):
+    """The loop devices backed by ``image`` (losetup's lines), or ''."""
+    proc = subprocess.run(['losetup', '--associated', image],
+                          capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else ''
 
 
 @privsep.sys_admin_pctxt.entrypoint
