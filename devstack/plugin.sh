@@ -18,7 +18,7 @@ NOVA_LXD_PY_LXC_OPTIONS="container_path image_cache_path root_disk_backend
 idmap_user idmap_size allow_privileged allow_nesting pids_max lxcfs_path
 seccomp_profile console_log_size_kb image_formats max_unpacked_image_gb
 remove_orphans oci_init snapshot_compression start_timeout
-soft_reboot_timeout ovs_network_namespace"
+soft_reboot_timeout suspend_to_disk checkpoint_timeout ovs_network_namespace"
 
 
 # Helpers

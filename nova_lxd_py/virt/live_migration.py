@@ -51,6 +51,7 @@ from oslo_log import log as logging
 from nova_lxd_py import conf
 from nova_lxd_py.privsep import fs
 from nova_lxd_py.storage import backends
+from nova_lxd_py.storage.backends import disk
 from nova_lxd_py.storage import ephemeral
 from nova_lxd_py.storage import transfer
 from nova_lxd_py.vif import driver as vifs
@@ -187,6 +188,7 @@ class LiveMigrations:
         try:
             self._backend.deactivate(cdir)
             ephemeral.destroy(cdir)
+            self._wait_released(cdir)
             fs.make_dir(os.path.dirname(aside), 0, 0, 0o711)
             fs.rename(cdir, aside)
             stage = 'sent and restored there'
@@ -291,6 +293,15 @@ class LiveMigrations:
         self._remove_tree(aside)
         LOG.info('Live migration done: the source copy is removed',
                  instance=instance)
+
+    @staticmethod
+    def _wait_released(cdir):
+        """The checkpointed guest's disks no longer held (disk.py)."""
+        for name in [disk.ROOT] + disk.names(cdir):
+            if os.path.exists(disk.image_path(cdir, name)) and \
+                    not disk.wait_released(cdir, name):
+                LOG.warning('Disk %s is still in use %d s after the '
+                            'checkpoint', name, disk.DETACH_SECONDS)
 
     def _remove_tree(self, path):
         ephemeral.destroy(path)

@@ -27,7 +27,7 @@ IMAGE = 'root.img'
 MOUNT = 'disk'
 ROOT = 'root'
 # Names of an instance's other disks (ephemeral0, ephemeral1, ...).
-# How long unmount waits for a just-stopped guest to let go of a disk.
+# How long wait_released waits for a checkpointed guest to let go.
 DETACH_SECONDS = 10
 _NAME = re.compile(r'^ephemeral[0-9]{1,3}$')
 
@@ -115,8 +115,7 @@ def mount(container_dir: str, name: str = ROOT) -> None:
 @privsep.sys_admin_pctxt.entrypoint
 def unmount(container_dir: str, name: str = ROOT) -> None:
     """Unmount it (the loop device goes with it); no error if it is not."""
-    cdir = _confined(container_dir)
-    image, point = (os.path.join(cdir, f) for f in _files(name))
+    point = os.path.join(_confined(container_dir), _files(name)[1])
     if os.path.ismount(point):
         try:
             _run(['umount', point])
@@ -124,14 +123,27 @@ def unmount(container_dir: str, name: str = ROOT) -> None:
             # Busy (a process of a guest that is being killed still holds
             # it): detach now, the kernel frees it with its last user.
             _run(['umount', '--lazy', point])
-            return
-    # A guest that just stopped may still hold the file system in its
-    # mount namespace, which the kernel tears down a moment later: until
-    # then it can still write (its journal), and a move copying the image
-    # would read it changing. Its loop device goes with its last user.
+
+
+@privsep.sys_admin_pctxt.entrypoint
+def wait_released(container_dir: str, name: str = ROOT) -> bool:
+    """Wait (up to DETACH_SECONDS) until no loop device is backed by the
+    unmounted disk; True once none is.
+
+    A guest that CRIU just checkpointed can still hold its file system in
+    its mount namespace, which the kernel tears down a moment later and
+    which writes the disk then (ext4's superblock): a live migration that
+    copied the image at once read it changing, and mounting it again
+    before then would mount one image twice. Its loop device goes with
+    that last user.
+    """
+    image = os.path.join(_confined(container_dir), _files(name)[0])
     deadline = time.monotonic() + DETACH_SECONDS
-    while _loop_of(image) and time.monotonic() < deadline:
+    while _loop_of(image):
+        if time.monotonic() > deadline:
+            return False
         time.sleep(0.01)
+    return True
 
 
 def _loop_of(image):

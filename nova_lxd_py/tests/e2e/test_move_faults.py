@@ -39,8 +39,11 @@ class MoveFaultTest(test_moves.MoveTestBase):
 
     def _wait_rolled_back(self, server):
         """The move failed at the source: ACTIVE again, on host1."""
+        # A clean shutdown, the stopped guest letting go of its disk and
+        # the failed stream come first: more than Nova's default 5 s.
         server = self._wait_for_server_parameter(
-            server, {'status': 'ACTIVE', 'OS-EXT-STS:task_state': None})
+            server, {'status': 'ACTIVE', 'OS-EXT-STS:task_state': None},
+            max_retries=120)
         self.assertEqual('host1', server['OS-EXT-SRV-ATTR:host'])
         self.assertEqual(base.FLAVOR_MEMORY_MB, server['flavor']['ram'])
         return server
