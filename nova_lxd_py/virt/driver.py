@@ -1,14 +1,13 @@
 """The Nova compute driver: every instance is a liblxc system container.
 
-Methods stay short and delegate: liblxc to ``container``, the config text to
-``config``, host facts to ``host``, root file systems to ``storage``.
+Methods stay short and delegate: liblxc to ``container``, power states and
+clean halts to ``power``, the config text to ``config``, host facts to
+``host``, root file systems to ``storage``.
 Containers are named after their instance's UUID.
 """
 
 import os
-import time
 
-from nova.compute import power_state
 from nova import exception as nova_exception
 from nova.objects import fields
 from nova.virt import driver
@@ -40,6 +39,7 @@ from nova_lxd_py.virt import live_migration
 from nova_lxd_py.virt import migration
 from nova_lxd_py.virt import orphans
 from nova_lxd_py.virt import password
+from nova_lxd_py.virt import power
 from nova_lxd_py.virt import rescue
 from nova_lxd_py.virt import snapshots
 from nova_lxd_py.virt import suspend
@@ -49,29 +49,6 @@ LOG = logging.getLogger(__name__)
 
 CONTAINER_HOST_TRAIT = 'CUSTOM_SYSTEM_CONTAINER_HOST'
 MAX_CONSOLE_BYTES = 100 * 1024
-
-# liblxc state -> Nova power state; FROZEN depends on pause vs suspend.
-POWER_STATES = {
-    'STARTING': power_state.RUNNING,
-    'RUNNING': power_state.RUNNING,
-    'THAWED': power_state.RUNNING,
-    'STOPPING': power_state.SHUTDOWN,
-    'STOPPED': power_state.SHUTDOWN,
-    'ABORTING': power_state.CRASHED,
-    'FREEZING': power_state.PAUSED,
-    'FROZEN': power_state.PAUSED,
-}
-
-
-def power_state_for(lxc_state, suspended, checkpointed=False):
-    """``suspended``: frozen by a suspend (not a pause); ``checkpointed``:
-    stopped by a suspend to disk."""
-    state = POWER_STATES.get(lxc_state, power_state.NOSTATE)
-    if state == power_state.PAUSED and suspended:
-        return power_state.SUSPENDED
-    if lxc_state == 'STOPPED' and checkpointed:
-        return power_state.SUSPENDED
-    return state
 
 
 def image_capabilities(enabled):
@@ -237,7 +214,7 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
         lxc_state, _ = container.state(instance.uuid)
         if lxc_state == 'UNDEFINED':
             raise nova_exception.InstanceNotFound(instance_id=instance.uuid)
-        return hardware.InstanceInfo(state=power_state_for(
+        return hardware.InstanceInfo(state=power.power_state_for(
             lxc_state, container.is_marked(instance.uuid, suspend.FROZEN),
             suspend.is_checkpointed(instance.uuid)))
 
@@ -456,29 +433,13 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
         self._suspends.discard(instance)
         lxc_state, _ = container.state(instance.uuid)
         if lxc_state == 'RUNNING' and timeout and \
-                self._clean_shutdown(instance, timeout, retry_interval):
+                power.clean_shutdown(instance, timeout, retry_interval):
             self._close_serial_console(instance)
             return
         if not container.stop(instance.uuid):
             raise exception.ContainerError(name=instance.uuid,
                                            reason='it did not stop')
         self._close_serial_console(instance)
-
-    def _clean_shutdown(self, instance, timeout, retry_interval):
-        """Ask init to halt, again every retry_interval; True if it did."""
-        deadline = time.monotonic() + timeout
-        next_request = 0.0
-        while time.monotonic() < deadline:
-            if time.monotonic() >= next_request:
-                container.request_shutdown(instance.uuid)
-                next_request = time.monotonic() + max(retry_interval, 1)
-            time.sleep(0.05)
-            if container.state(instance.uuid)[0] == 'STOPPED':
-                LOG.info('Guest shut down cleanly', instance=instance)
-                return True
-        LOG.warning('Guest did not shut down within %d s; stopping it',
-                    timeout, instance=instance)
-        return False
 
     def power_on(self, context, instance, network_info,
                  block_device_info=None, accel_info=None, share_info=None):
@@ -497,27 +458,11 @@ class LXCDriver(rescue.RescueMixin, orphans.OrphansMixin,
         # with: one whose ports changed since needs a start by us.
         if reboot_type == 'SOFT' and not container.is_marked(
                 instance.uuid, hotplug.HOTPLUGGED) and \
-                self._soft_reboot(instance):
+                power.soft_reboot(instance):
             return
         container.stop(instance.uuid)
         self.plug_vifs(instance, network_info)
         self._start(instance)
-
-    def _soft_reboot(self, instance):
-        """Ask init to reboot; True once a new init runs."""
-        lxc_state, old_pid = container.state(instance.uuid)
-        if lxc_state != 'RUNNING' or not \
-                container.request_reboot(instance.uuid):
-            return False
-        deadline = time.monotonic() + CONF.lxc.soft_reboot_timeout
-        while time.monotonic() < deadline:
-            time.sleep(0.05)
-            lxc_state, pid = container.state(instance.uuid)
-            if lxc_state == 'RUNNING' and pid not in (old_pid, -1):
-                return True
-        LOG.warning('Guest did not reboot within %d s; rebooting it hard',
-                    CONF.lxc.soft_reboot_timeout, instance=instance)
-        return False
 
     def pause(self, instance):
         container.set_frozen(instance.uuid, True)

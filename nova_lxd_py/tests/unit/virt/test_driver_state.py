@@ -4,7 +4,7 @@ import ddt
 from nova.compute import power_state
 from oslotest import base
 
-from nova_lxd_py.virt import driver
+from nova_lxd_py.virt import power
 
 
 @ddt.ddt
@@ -31,7 +31,7 @@ class PowerStateForTest(base.BaseTestCase):
     )
     def test_power_state_for_lxc_state(self, lxc_state, suspended, expected):
         self.assertEqual(expected,
-                         driver.power_state_for(lxc_state, suspended))
+                         power.power_state_for(lxc_state, suspended))
 
     @ddt.unpack
     @ddt.data(
@@ -44,5 +44,5 @@ class PowerStateForTest(base.BaseTestCase):
         ('ABORTING', power_state.CRASHED),
     )
     def test_checkpointed_guest(self, lxc_state, expected):
-        self.assertEqual(expected, driver.power_state_for(
+        self.assertEqual(expected, power.power_state_for(
             lxc_state, False, checkpointed=True))
